@@ -1,0 +1,1 @@
+"""Models: adapters, structures, plans, surgery, parameter accounting, loading and persistence."""

