@@ -1,0 +1,3 @@
+from rkuprune.cli import main
+
+main()

@@ -1,0 +1,217 @@
+"""Allocators: ``uniform`` (same fraction per layer and unit type) and ``global`` (one ranking).
+
+Both count the budget in parameters (DESIGN.md section 2) and stop at the first plan whose sparsity
+reaches the target: the overshoot is below one unit's cost for ``global`` and below one MLP channel
+per unprotected layer for ``uniform``. Every layer keeps at least one query head per kept KV group,
+one KV head and one MLP channel; a target that cannot be met is an error, never a silent clip.
+
+Attention units depend on ``pruning.granularity``: ``q_head`` removes one query head from every KV
+group at once (the k-th lowest of each group; score = their sum), ``kv_group`` removes a KV head with
+its query heads (score = the sum of its query heads), ``none`` removes no attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from rkuprune.errors import ConfigError
+from rkuprune.models.plan import LayerPlan, PruningPlan
+from rkuprune.models.structures import LayerStructure, Structures
+from rkuprune.registry import Registry
+from rkuprune.scoring.base import LayerScores, Scores
+
+GRANULARITIES = ("q_head", "kv_group", "none")
+PROTECTION_RULES = ("none", "gisp")
+SCHEDULES = ("oneshot", "iterative")
+
+
+@dataclass
+class PruningConfig:
+    """``pruning`` group."""
+
+    sparsity: float = 0.4
+    granularity: str = "q_head"
+    allocation: str = "global"
+    protected_layers: list[int] = field(default_factory=list)
+    protection_rule: str = "none"  # "gisp": also protect the first 10% of layers and the last
+    schedule: str = "oneshot"
+
+    def check(self) -> None:
+        if not 0.0 <= self.sparsity <= 0.95:
+            raise ConfigError(
+                "pruning.sparsity", f"{self.sparsity} is outside [0, 0.95]; use e.g. pruning.sparsity=0.4"
+            )
+        for name, value, allowed in (
+            ("granularity", self.granularity, GRANULARITIES),
+            ("protection_rule", self.protection_rule, PROTECTION_RULES),
+            ("schedule", self.schedule, SCHEDULES),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"pruning.{name}", f"'{value}' is not one of {', '.join(allowed)}")
+        ALLOCATORS.get(self.allocation, "pruning.allocation")
+
+
+def protected_layers(cfg: PruningConfig, num_layers: int) -> set[int]:
+    protected = set(cfg.protected_layers)
+    bad = sorted(i for i in protected if not 0 <= i < num_layers)
+    if bad:
+        raise ConfigError("pruning.protected_layers", f"layer {bad[0]} does not exist (the model has {num_layers})")
+    if cfg.protection_rule == "gisp":
+        protected |= set(range(math.ceil(0.1 * num_layers))) | {num_layers - 1}
+    return protected
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A removable piece of one layer: query heads, or a KV group, or one MLP channel."""
+
+    layer: int
+    kind: str  # "attention" | "channel"
+    members: tuple[int, ...]
+    score: float
+    cost: int
+
+
+def attention_units(s: LayerStructure, scores: LayerScores, granularity: str) -> list[Unit]:
+    """Removable attention units of a layer in the order they must go (never the last one)."""
+    heads = scores.heads.tolist()
+    if granularity == "q_head":
+        groups = [
+            sorted(range(kv * s.group_size, (kv + 1) * s.group_size), key=lambda h: heads[h])
+            for kv in range(s.num_kv_heads)
+        ]
+        return [
+            Unit(
+                s.index,
+                "attention",
+                tuple(group[k] for group in groups),
+                sum(heads[group[k]] for group in groups),
+                s.num_kv_heads * s.q_head_cost,
+            )
+            for k in range(s.group_size - 1)
+        ]
+    if granularity == "kv_group":
+        kv_scores = [sum(heads[kv * s.group_size : (kv + 1) * s.group_size]) for kv in range(s.num_kv_heads)]
+        order = sorted(range(s.num_kv_heads), key=lambda kv: kv_scores[kv])[:-1]
+        cost = s.kv_head_cost + s.group_size * s.q_head_cost
+        return [Unit(s.index, "attention", (kv,), kv_scores[kv], cost) for kv in order]
+    return []
+
+
+def channel_units(s: LayerStructure, scores: LayerScores) -> list[Unit]:
+    channels = scores.channels.tolist()
+    order = sorted(range(s.intermediate_size), key=lambda c: channels[c])[:-1]
+    return [Unit(s.index, "channel", (c,), channels[c], s.channel_cost) for c in order]
+
+
+def plan_without(structures: Structures, removed: list[Unit], granularity: str, base_model: str) -> PruningPlan:
+    """The dense plan minus the removed units."""
+    plan = PruningPlan.dense(structures, base_model=base_model)
+    for unit in removed:
+        layer_plan: LayerPlan = plan.layers[unit.layer]
+        s = structures[unit.layer]
+        if unit.kind == "channel":
+            layer_plan.mlp_channels.remove(unit.members[0])
+        elif granularity == "q_head":
+            for head in unit.members:
+                layer_plan.q_heads.remove(head)
+        else:
+            kv = unit.members[0]
+            layer_plan.kv_heads.remove(kv)
+            group = set(range(kv * s.group_size, (kv + 1) * s.group_size))
+            layer_plan.q_heads = [h for h in layer_plan.q_heads if h not in group]
+    return plan
+
+
+def _impossible(cfg: PruningConfig, reachable: float) -> ConfigError:
+    return ConfigError(
+        "pruning.sparsity",
+        f"{cfg.sparsity} cannot be met: at most {reachable:.3f} is reachable with granularity "
+        f"'{cfg.granularity}' and protected layers {sorted(cfg.protected_layers)} (rule '{cfg.protection_rule}'); "
+        "lower pruning.sparsity or protect fewer layers",
+    )
+
+
+def check_feasible(cfg: PruningConfig, structures: Structures) -> None:
+    """Refuse a target that protected layers and per-layer minimums make impossible (before any scoring)."""
+    protected = protected_layers(cfg, len(structures))
+    removable = 0
+    for s in structures.layers:
+        if s.index in protected:
+            continue
+        removable += (s.intermediate_size - 1) * s.channel_cost
+        if cfg.granularity == "q_head":
+            removable += (s.group_size - 1) * s.num_kv_heads * s.q_head_cost
+        elif cfg.granularity == "kv_group":
+            removable += (s.num_kv_heads - 1) * (s.kv_head_cost + s.group_size * s.q_head_cost)
+    reachable = removable / structures.prunable_params
+    if cfg.sparsity > reachable:
+        raise _impossible(cfg, reachable)
+
+
+class Allocator:
+    def __init__(self, cfg: PruningConfig) -> None:
+        self.cfg = cfg
+
+    def allocate(self, scores: Scores, structures: Structures, base_model: str = "") -> PruningPlan:
+        raise NotImplementedError
+
+
+ALLOCATORS: Registry[Allocator] = Registry("allocator")
+
+
+@ALLOCATORS.register("global")
+class GlobalAllocator(Allocator):
+    """One ranking of every removable unit of every unprotected layer, lowest score first."""
+
+    def allocate(self, scores: Scores, structures: Structures, base_model: str = "") -> PruningPlan:
+        protected = protected_layers(self.cfg, len(structures))
+        budget = math.ceil(self.cfg.sparsity * structures.prunable_params)
+        units = []
+        for s in structures.layers:
+            if s.index not in protected:
+                units += attention_units(s, scores.layers[s.index], self.cfg.granularity)
+                units += channel_units(s, scores.layers[s.index])
+        # Within a layer, q_head units are cumulative (the k-th lowest of each group), so their sums
+        # never decrease; a stable sort keeps them in order when they tie.
+        units.sort(key=lambda u: u.score)
+        removed, freed = [], 0
+        for unit in units:
+            if freed >= budget:
+                break
+            removed.append(unit)
+            freed += unit.cost
+        if freed < budget:
+            raise _impossible(self.cfg, freed / structures.prunable_params)
+        return plan_without(structures, removed, self.cfg.granularity, base_model)
+
+
+@ALLOCATORS.register("uniform")
+class UniformAllocator(Allocator):
+    """The same share of heads (per KV group) and the same number of channels in every unprotected layer."""
+
+    def allocate(self, scores: Scores, structures: Structures, base_model: str = "") -> PruningPlan:
+        protected = protected_layers(self.cfg, len(structures))
+        prunable = [s for s in structures.layers if s.index not in protected]
+        budget = math.ceil(self.cfg.sparsity * structures.prunable_params)
+        removed: list[Unit] = []
+        for s in prunable:
+            units = attention_units(s, scores.layers[s.index], self.cfg.granularity)
+            size = s.group_size if self.cfg.granularity == "q_head" else s.num_kv_heads
+            removed += units[: min(len(units), round(self.cfg.sparsity * size))]
+        freed = sum(u.cost for u in removed)
+        channel_cost = sum(s.channel_cost for s in prunable)
+        per_layer = max(0, math.ceil((budget - freed) / channel_cost)) if channel_cost else 0
+        max_channels = min((s.intermediate_size - 1 for s in prunable), default=0)
+        if per_layer > max_channels:
+            reachable = (freed + max_channels * channel_cost) / structures.prunable_params
+            raise _impossible(self.cfg, reachable)
+        for s in prunable:
+            removed += channel_units(s, scores.layers[s.index])[:per_layer]
+        return plan_without(structures, removed, self.cfg.granularity, base_model)
+
+
+def allocate(cfg: PruningConfig, scores: Scores, structures: Structures, base_model: str = "") -> PruningPlan:
+    allocator = ALLOCATORS.get(cfg.allocation, "pruning.allocation").cls(cfg)
+    return allocator.allocate(scores, structures, base_model)

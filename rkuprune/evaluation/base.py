@@ -1,0 +1,90 @@
+"""The benchmark suite: a named set of tasks, each a registered plug-in with a typed config.
+
+A suite YAML (``conf/benchmark/<name>.yaml``) lists tasks under ``tasks:`` by key, each with a
+``task:`` field naming the plug-in; a task's fields are checked against its dataclass when the suite
+is built, before any model is loaded, and errors name ``benchmark.tasks.<key>.<field>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from rkuprune.data.sources import DataConfig
+from rkuprune.errors import ConfigError
+from rkuprune.registry import Registry
+
+
+@dataclass
+class TaskConfig:
+    """Fields every task has; a task's own dataclass subclasses this."""
+
+    task: str = "perplexity"
+
+
+@dataclass
+class BenchmarkConfig:
+    """``benchmark`` group: a suite name, its tasks, and a cap on questions for generative tasks."""
+
+    name: str = "offline"
+    tasks: dict[str, Any] = field(default_factory=dict)
+    limit: int | None = None
+
+
+@dataclass
+class EvalContext:
+    """What a task may use besides the model: where to write predictions, and a tracker for tables."""
+
+    run_dir: Path | None = None
+    tracker: Any = None
+    seed: int = 0
+
+
+class Task:
+    """One evaluation. ``check`` runs before model loading; ``evaluate`` returns metric keys."""
+
+    def __init__(self, key: str, cfg: TaskConfig, data: DataConfig, suite: BenchmarkConfig) -> None:
+        self.key = key
+        self.cfg = cfg
+        self.data = data
+        self.suite = suite
+
+    def check(self) -> None:
+        """Fail early when data or settings cannot work."""
+
+    @property
+    def field(self) -> str:
+        """The config path of this task, for error messages."""
+        return f"benchmark.tasks.{self.key}"
+
+    def evaluate(self, model: nn.Module, tokenizer: Any, ctx: EvalContext) -> dict[str, float]:
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        """Settings recorded in results.json next to the metrics."""
+        return OmegaConf.to_container(OmegaConf.structured(self.cfg)) if self.cfg is not None else {}
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def build_tasks(suite: BenchmarkConfig, data: DataConfig) -> dict[str, Task]:
+    """Instantiate and check every task of the suite (before any model is loaded)."""
+    tasks = {}
+    for key, raw in (suite.tasks or {}).items():
+        raw = OmegaConf.to_container(raw) if OmegaConf.is_config(raw) else dict(raw)
+        name = raw.get("task")
+        entry = TASKS.get(str(name), f"benchmark.tasks.{key}.task")
+        try:
+            typed = OmegaConf.merge(OmegaConf.structured(entry.config), raw)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"benchmark.tasks.{key}.{exc.key}", str(exc).splitlines()[0]) from exc
+        task = entry.cls(key, OmegaConf.to_object(typed), data, suite)
+        task.check()
+        tasks[key] = task
+    return tasks

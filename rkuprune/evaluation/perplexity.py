@@ -1,0 +1,83 @@
+"""Perplexity (DESIGN.md section 7): the test text joined with blank lines, tokenised once, cut into
+non-overlapping windows of ``seqlen`` tokens, exp(mean NLL over every predicted token)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from rkuprune.data import sources
+from rkuprune.errors import ConfigError
+from rkuprune.evaluation.base import TASKS, EvalContext, Task, TaskConfig
+
+DATASETS = ("wikitext2", "c4", "pydoc")
+
+
+@dataclass
+class PerplexityConfig(TaskConfig):
+    task: str = "perplexity"
+    dataset: str = "pydoc"
+    seqlen: int = 2048
+    max_windows: int | None = None  # None: every full window of the text
+    batch_size: int = 1
+
+
+def evaluation_text(dataset: str, data: sources.DataConfig) -> str:
+    if dataset == "wikitext2":
+        return sources.wikitext2_text(data, "test")
+    if dataset == "c4":
+        return "\n\n".join(sources.c4_documents(data, "validation"))
+    return sources.pydoc_text("test")
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, ids: torch.Tensor, seqlen: int, max_windows: int | None, batch_size: int) -> float:
+    """exp of the mean next-token NLL over non-overlapping windows of ``seqlen`` tokens."""
+    n = ids.numel() // seqlen
+    if max_windows is not None:
+        n = min(n, max_windows)
+    windows = ids[: n * seqlen].view(n, seqlen)
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    for start in tqdm(range(0, n, batch_size), desc=f"ppl@{seqlen}", leave=False, disable=n < 4):
+        batch = windows[start : start + batch_size].to(device)
+        logits = model(input_ids=batch).logits.float()
+        nll = nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+        )
+        total_nll += nll.item()
+        total_tokens += batch[:, 1:].numel()
+    return math.exp(total_nll / total_tokens)
+
+
+@TASKS.register("perplexity", PerplexityConfig)
+class Perplexity(Task):
+    cfg: PerplexityConfig
+
+    def check(self) -> None:
+        where = self.field
+        if self.cfg.dataset not in DATASETS:
+            raise ConfigError(f"{where}.dataset", f"'{self.cfg.dataset}' is not one of {', '.join(DATASETS)}")
+        if self.cfg.seqlen < 2:
+            raise ConfigError(f"{where}.seqlen", "must be at least 2")
+        if self.cfg.dataset != "pydoc":
+            split = "test" if self.cfg.dataset == "wikitext2" else "validation"
+            sources.require_available(self.data, self.cfg.dataset, split, f"{where}.dataset={self.cfg.dataset}")
+
+    def evaluate(self, model: nn.Module, tokenizer: Any, ctx: EvalContext) -> dict[str, float]:
+        context = getattr(model.config, "max_position_embeddings", None)
+        if context is not None and self.cfg.seqlen > context:
+            raise ConfigError(
+                f"{self.field}.seqlen", f"{self.cfg.seqlen} exceeds the model's context of {context} tokens"
+            )
+        text = evaluation_text(self.cfg.dataset, self.data)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+        if ids.numel() < self.cfg.seqlen:
+            raise ConfigError(f"{self.field}.seqlen", f"{self.cfg.seqlen} exceeds the text length")
+        value = perplexity(model, ids, self.cfg.seqlen, self.cfg.max_windows, self.cfg.batch_size)
+        return {f"ppl/{self.cfg.dataset}@{self.cfg.seqlen}": value}

@@ -1,0 +1,183 @@
+"""The pruning pipeline, stage after stage as in DESIGN.md section 1:
+
+config -> load model -> build calibration -> score -> allocate -> apply (slice) -> evaluate -> record
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from rkuprune.allocation import allocate, check_feasible
+from rkuprune.config import RunConfig, config_hash
+from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationSet, CalibrationSource
+from rkuprune.evaluation.base import EvalContext, Task, build_tasks
+from rkuprune.models.adapters import adapter_for
+from rkuprune.models.io import save_pruned
+from rkuprune.models.loading import LoadedModel, cache_dir, check_model_config, load_model
+from rkuprune.models.params import count_params, sparsity, total_reduction
+from rkuprune.models.plan import PruningPlan
+from rkuprune.models.surgery import apply_plan
+from rkuprune.scoring.base import SCORERS, Scorer
+from rkuprune.tracking.atomic import write_json
+from rkuprune.tracking.records import RunRecord
+from rkuprune.tracking.trackers import TRACKERS, Tracker
+
+
+@dataclass
+class Stages:
+    """The plug-ins a run uses, built and checked before any model is loaded."""
+
+    scorer: Scorer
+    calibration: CalibrationSource | None
+    tasks: dict[str, Task]
+    tracker: Tracker
+
+
+def prepare(cfg: RunConfig) -> Stages:
+    """Validate every config field that can be checked without a model (fail fast, one line)."""
+    cfg.pruning.check()
+    check_model_config(cfg.model)
+    scorer = SCORERS.build(cfg.scorer, "scorer")
+    scorer.check()
+    calibration = None
+    if scorer.needs_calibration:
+        calibration = CALIBRATION_SOURCES.build(cfg.calibration, "calibration")
+        calibration.check(cfg.data)
+    tasks = build_tasks(cfg.benchmark, cfg.data)
+    tracker = TRACKERS.build(cfg.logger, "logger")
+    tracker.check()
+    return Stages(scorer, calibration, tasks, tracker)
+
+
+def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Prune and evaluate as ``cfg`` says; write records into ``run_dir``; return results.json's content."""
+    stages = prepare(cfg)
+    torch.manual_seed(cfg.seed)
+    record = RunRecord(run_dir, config, config_hash(config))
+    record.update("evaluation", {key: task.settings() for key, task in stages.tasks.items()})
+    tags = [cfg.model.name, cfg.scorer.name, cfg.calibration.name, *cfg.tags]
+    stages.tracker.start(run_dir, config, name=run_dir.name, group=cfg.sweep_name, tags=tags)
+    ctx = EvalContext(run_dir=run_dir, tracker=stages.tracker, seed=cfg.seed)
+    try:
+        with record.timed("load_s"):
+            loaded = load_model(cfg.model)
+        check_feasible(cfg.pruning, adapter_for(loaded.model).structures())
+        calibration = build_calibration(stages, loaded, cfg, record)
+        dense = evaluate_dense(stages.tasks, loaded, cfg, ctx, record)
+        with record.timed("score_s"):
+            scores = stages.scorer.score(loaded.model, calibration)
+        with record.timed("prune_s"):
+            plan = prune(cfg, loaded, scores, record)
+        with record.timed("eval_s"):
+            metrics = evaluate(stages.tasks, loaded, ctx)
+        finish(cfg, loaded, plan, metrics, dense, record, stages.tracker, run_dir)
+    except BaseException as exc:
+        record.fail(exc)
+        stages.tracker.finish(failed=True)
+        raise
+    stages.tracker.finish()
+    return record.data
+
+
+def build_calibration(stages: Stages, loaded: LoadedModel, cfg: RunConfig, record: RunRecord) -> CalibrationSet | None:
+    if stages.calibration is None:
+        return None
+    calibration = stages.calibration.build(loaded.tokenizer, cfg.data)
+    record.update("calibration", calibration.provenance)
+    return calibration
+
+
+def prune(cfg: RunConfig, loaded: LoadedModel, scores: Any, record: RunRecord) -> PruningPlan:
+    """Allocate the budget over the scores and slice the model; record target and measured sparsity."""
+    structures = adapter_for(loaded.model).structures()
+    scores.check(structures, cfg.scorer.name)
+    plan = allocate(cfg.pruning, scores, structures, base_model=cfg.model.path or cfg.model.name)
+    before = count_params(loaded.model)
+    apply_plan(loaded.model, plan, "slice")
+    after = count_params(loaded.model)
+    plan.measured_sparsity = sparsity(before, after)
+    plan.base_revision = loaded.revision
+    plan.metadata.update({"target_sparsity": cfg.pruning.sparsity, "scorer": cfg.scorer.name})
+    record.update(
+        "model",
+        {
+            "name": cfg.model.name,
+            "params_total_before": before.total,
+            "params_total_after": after.total,
+            "params_prunable_before": before.prunable,
+            "params_prunable_after": after.prunable,
+        },
+    )
+    record.update(
+        "pruning",
+        {
+            "scorer": cfg.scorer.name,
+            "target_sparsity": cfg.pruning.sparsity,
+            "measured_sparsity": plan.measured_sparsity,
+            "total_param_reduction": total_reduction(before, after),
+            "granularity": cfg.pruning.granularity,
+            "allocation": cfg.pruning.allocation,
+            "schedule": cfg.pruning.schedule,
+        },
+    )
+    return plan
+
+
+def evaluate(tasks: dict[str, Task], loaded: LoadedModel, ctx: EvalContext) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for task in tasks.values():
+        metrics.update(task.evaluate(loaded.model, loaded.tokenizer, ctx))
+    return metrics
+
+
+def evaluate_dense(
+    tasks: dict[str, Task], loaded: LoadedModel, cfg: RunConfig, ctx: EvalContext, record: RunRecord
+) -> dict[str, float]:
+    """Dense reference metrics, computed once per (model, task settings, data) and cached on disk."""
+    dense: dict[str, float] = {}
+    model_key = OmegaConf.to_container(OmegaConf.structured(cfg.model))
+    dense_ctx = EvalContext(run_dir=None, tracker=None, seed=ctx.seed)
+    with record.timed("dense_eval_s"):
+        for task in tasks.values():
+            key = config_hash(
+                {"model": model_key, "task": task.settings(), "data": str(cfg.data.root), "seed": cfg.seed}
+            )
+            path = cache_dir() / "dense" / f"{key}.json"
+            if cfg.dense_cache and path.is_file():
+                dense.update(json.loads(path.read_text()))
+                continue
+            values = task.evaluate(loaded.model, loaded.tokenizer, dense_ctx)
+            if cfg.dense_cache:
+                write_json(path, values)
+            dense.update(values)
+    record.update("dense_metrics", dense)
+    return dense
+
+
+def finish(
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    plan: PruningPlan,
+    metrics: dict[str, float],
+    dense: dict[str, float],
+    record: RunRecord,
+    tracker: Tracker,
+    run_dir: Path,
+) -> None:
+    """Write the plan, the metrics, the model if asked, and tell the tracker."""
+    plan.save(run_dir / "pruning_plan.json")
+    record.update("metrics", metrics)
+    if cfg.save_model:
+        save_pruned(loaded.model, loaded.tokenizer, plan, run_dir / "model")
+    record.complete()
+    summary = {f"pruning/{k}": v for k, v in record.data["pruning"].items() if isinstance(v, int | float)}
+    summary.update(metrics)
+    summary.update({f"dense/{k}": v for k, v in dense.items()})
+    summary.update({f"efficiency/{k}": v for k, v in record.data["efficiency"].items()})
+    tracker.log_summary(summary)

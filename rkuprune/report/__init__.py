@@ -1,0 +1,1 @@
+"""Reports: the end-of-run summary table, and sweep tables and plots (``python -m rkuprune.report``)."""

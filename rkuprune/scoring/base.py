@@ -1,0 +1,70 @@
+"""The scorer interface and the ``Scores`` every scorer returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from rkuprune.data.calibration import CalibrationSet
+from rkuprune.errors import ConfigError
+from rkuprune.models.structures import Structures
+from rkuprune.registry import Registry
+
+
+@dataclass
+class ScorerConfig:
+    """Fields every scorer has; a scorer's own dataclass subclasses this."""
+
+    name: str = "magnitude"
+
+
+@dataclass
+class LayerScores:
+    """Per query head and per MLP channel importance of one layer (fp32, higher = keep)."""
+
+    heads: torch.Tensor
+    channels: torch.Tensor
+
+
+@dataclass
+class Scores:
+    """Scores for every layer of the unpruned model, in original layer order."""
+
+    layers: list[LayerScores]
+
+    def check(self, structures: Structures, scorer: str) -> None:
+        """Refuse scores that do not fit the model or are not finite (fp16 overflow, say)."""
+        if len(self.layers) != len(structures):
+            raise ConfigError("scorer", f"{scorer} scored {len(self.layers)} layers, the model has {len(structures)}")
+        for index, (layer, structure) in enumerate(zip(self.layers, structures.layers, strict=True)):
+            shapes = (tuple(layer.heads.shape), tuple(layer.channels.shape))
+            if shapes != ((structure.num_q_heads,), (structure.intermediate_size,)):
+                raise ConfigError("scorer", f"{scorer} gave shapes {shapes} for layer {index}")
+            for kind, values in (("head", layer.heads), ("channel", layer.channels)):
+                if not torch.isfinite(values).all():
+                    raise ConfigError(
+                        "scorer",
+                        f"{scorer} produced non-finite {kind} scores in layer {index} (overflow?); "
+                        "score in float32 (model.dtype=float32) or lower calibration.batch_size",
+                    )
+
+
+class Scorer:
+    """Base class. ``needs_calibration`` tells the pipeline whether to build a calibration set."""
+
+    needs_calibration: ClassVar[bool] = False
+
+    def __init__(self, cfg: ScorerConfig) -> None:
+        self.cfg = cfg
+
+    def check(self) -> None:
+        """Validate config values before any model is loaded."""
+
+    def score(self, model: nn.Module, calibration: CalibrationSet | None) -> Scores:
+        raise NotImplementedError
+
+
+SCORERS: Registry[Scorer] = Registry("scorer")

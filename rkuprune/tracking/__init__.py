@@ -1,0 +1,1 @@
+"""Tracking: atomic run records (results.json) and experiment trackers (W&B or none)."""

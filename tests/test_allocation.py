@@ -1,0 +1,111 @@
+"""Allocators meet the parameter budget, respect GQA and protected layers, and refuse the impossible."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rkuprune.allocation import PruningConfig, allocate
+from rkuprune.errors import ConfigError
+from rkuprune.models.adapters import adapter_for
+from rkuprune.scoring.base import LayerScores, Scores
+from tests.conftest import tiny
+
+
+def structures_of(name: str = "tiny-llama"):
+    return adapter_for(tiny(name).model).structures()
+
+
+def seeded_scores(structures, seed: int = 0) -> Scores:
+    g = torch.Generator().manual_seed(seed)
+    return Scores(
+        [
+            LayerScores(torch.rand(s.num_q_heads, generator=g), torch.rand(s.intermediate_size, generator=g))
+            for s in structures.layers
+        ]
+    )
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+@pytest.mark.parametrize("granularity", ["q_head", "kv_group", "none"])
+@pytest.mark.parametrize("target", [0.1, 0.3, 0.5])
+def test_budget_is_met_within_the_stated_tolerance(allocation: str, granularity: str, target: float) -> None:
+    structures = structures_of()
+    cfg = PruningConfig(sparsity=target, granularity=granularity, allocation=allocation)
+    mlp_share = sum((s.intermediate_size - 1) * s.channel_cost for s in structures.layers) / structures.prunable_params
+    if granularity == "none" and target > mlp_share:
+        with pytest.raises(ConfigError, match="cannot be met"):
+            allocate(cfg, seeded_scores(structures), structures)
+        return
+    plan = allocate(cfg, seeded_scores(structures), structures)
+    plan.validate(structures)
+    measured = plan.sparsity(structures)
+    assert measured >= target
+    largest_unit = max(max(s.kv_head_cost + s.group_size * s.q_head_cost, s.channel_cost) for s in structures.layers)
+    if allocation == "global":
+        assert measured - target <= largest_unit / structures.prunable_params
+    else:
+        per_layer_channels = sum(s.channel_cost for s in structures.layers)
+        assert measured - target <= (per_layer_channels + largest_unit) / structures.prunable_params
+        assert len({len(lp.mlp_channels) for lp in plan.layers}) == 1
+        assert len({len(lp.q_heads) for lp in plan.layers}) == 1
+
+
+def test_global_removes_the_lowest_scored_units_first() -> None:
+    structures = structures_of()
+    scores = Scores(
+        [
+            LayerScores(torch.full((8,), 100.0), torch.arange(96, dtype=torch.float) * 4 + s.index)
+            for s in structures.layers
+        ]
+    )
+    plan = allocate(PruningConfig(sparsity=0.05, granularity="q_head"), scores, structures)
+    removed = {(lp.index, c) for lp in plan.layers for c in set(range(96)) - set(lp.mlp_channels)}
+    cost = structures[0].channel_cost
+    n = math.ceil(math.ceil(0.05 * structures.prunable_params) / cost)
+    ranked = sorted(((layer, c) for layer in range(4) for c in range(95)), key=lambda lc: lc[1] * 4 + lc[0])
+    assert removed == set(ranked[:n])
+    assert all(len(lp.q_heads) == 8 for lp in plan.layers)
+
+
+def test_q_head_removes_the_same_number_from_every_group() -> None:
+    structures = structures_of("tiny-qwen3")
+    plan = allocate(PruningConfig(sparsity=0.5, granularity="q_head"), seeded_scores(structures, 3), structures)
+    for lp in plan.layers:
+        s = structures[lp.index]
+        per_group = [sum(1 for h in lp.q_heads if s.kv_of(h) == kv) for kv in range(s.num_kv_heads)]
+        assert len(set(per_group)) == 1 and per_group[0] >= 1
+        assert lp.kv_heads == list(range(s.num_kv_heads))
+
+
+def test_protected_layers_are_untouched() -> None:
+    structures = structures_of()
+    cfg = PruningConfig(sparsity=0.15, protected_layers=[1], protection_rule="gisp")
+    plan = allocate(cfg, seeded_scores(structures), structures)
+    for index in (0, 1, 3):  # gisp rule: first ceil(10% of 4) = 1 layer and the last one
+        assert plan.layers[index].mlp_channels == list(range(96))
+        assert plan.layers[index].q_heads == list(range(8))
+    assert len(plan.layers[2].mlp_channels) < 96
+
+
+def test_impossible_target_is_an_error_naming_the_field() -> None:
+    structures = structures_of()
+    cfg = PruningConfig(sparsity=0.6, protected_layers=[0, 1, 2])
+    with pytest.raises(ConfigError, match=r"pruning\.sparsity: 0\.6 cannot be met"):
+        allocate(cfg, seeded_scores(structures), structures)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("sparsity", 0.99, r"pruning\.sparsity: 0\.99 is outside \[0, 0\.95\]"),
+        ("granularity", "heads", r"pruning\.granularity"),
+        ("allocation", "greedy", r"pruning\.allocation: unknown allocator 'greedy'"),
+        ("protection_rule", "first", r"pruning\.protection_rule"),
+    ],
+)
+def test_bad_pruning_values(field: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        PruningConfig(**{field: value}).check()

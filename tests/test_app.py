@@ -1,0 +1,179 @@
+"""The Hydra app: every shipped config composes, the CLI writes complete records, bad input fails in one line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from rkuprune import cli, load_pruned
+from rkuprune.config import RunConfig, register_configs
+from rkuprune.evaluation.base import build_tasks
+from rkuprune.scoring import SCORERS
+from tests.conftest import CONF
+from tests.wandb_records import offline_summary
+
+register_configs()
+GROUPS = ("model", "scorer", "calibration", "pruning", "benchmark", "logger", "experiment")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_run(overrides: list[str]) -> RunConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_object(cfg)
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
+def test_every_shipped_config_composes_and_validates(group: str, option: str) -> None:
+    run = compose_run([f"{group}={option}"])
+    assert isinstance(run, RunConfig)
+    SCORERS.build(run.scorer)
+    if group == "pruning":
+        run.pruning.check()
+
+
+def test_every_model_scorer_benchmark_combination_composes() -> None:
+    for model, scorer, benchmark in itertools.product(options("model"), options("scorer"), options("benchmark")):
+        run = compose_run([f"model={model}", f"scorer={scorer}", f"benchmark={benchmark}"])
+        assert (run.model.name, run.scorer.name, run.benchmark.name) != ("", "", "")
+        assert run.scorer.name == scorer
+
+
+def test_every_benchmark_builds_its_tasks_with_local_data(tmp_path) -> None:
+    from tests.conftest import SHARED_DATA
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    for benchmark in options("benchmark"):
+        run = compose_run([f"benchmark={benchmark}", f"data.root={SHARED_DATA}"])
+        build_tasks(run.benchmark, run.data)
+
+
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["rkuprune", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+RESULT_KEYS = {
+    "status": None,
+    "model": {"name", "params_total_before", "params_total_after", "params_prunable_before", "params_prunable_after"},
+    "pruning": {"scorer", "target_sparsity", "measured_sparsity", "granularity", "allocation"},
+    "metrics": None,
+    "dense_metrics": None,
+    "efficiency": {"load_s", "score_s", "prune_s", "eval_s"},
+    "versions": None,
+    "config": None,
+}
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_writes_complete_records(tmp_path, monkeypatch, capsys) -> None:
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(
+        [
+            "model=tiny-qwen3",
+            "scorer=magnitude",
+            "pruning.sparsity=0.3",
+            "logger=wandb",
+            "logger.mode=offline",
+            "save_model=true",
+            "benchmark.tasks.ppl_pydoc.seqlen=64",
+            f"hydra.run.dir={run_dir}",
+        ],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    results = json.loads((run_dir / "results.json").read_text())
+    for key, inner in RESULT_KEYS.items():
+        assert key in results
+        if inner:
+            assert inner <= set(results[key]), key
+    assert results["status"] == "completed"
+    assert results["pruning"]["measured_sparsity"] >= 0.3
+    assert results["metrics"]["ppl/pydoc@64"] > 1 and results["dense_metrics"]["ppl/pydoc@64"] > 1
+    assert results["config"]["pruning"]["sparsity"] == 0.3
+    assert (run_dir / "pruning_plan.json").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
+    assert "ppl/pydoc@64" in out and str(run_dir / "results.json") in out
+    model, _ = load_pruned(run_dir / "model")
+    assert sum(p.numel() for p in model.parameters()) == results["model"]["params_total_after"]
+    summary = offline_summary(run_dir / "wandb")
+    assert summary["ppl/pydoc@64"] == pytest.approx(results["metrics"]["ppl/pydoc@64"])
+    assert summary["pruning/measured_sparsity"] == pytest.approx(results["pruning"]["measured_sparsity"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pruning.sparsity=1.2"], "error: pruning.sparsity: 1.2 is outside [0, 0.95]"),
+        (["pruning.sparsity=abc"], "error: pruning.sparsity: Value 'abc' of type 'str' could not be converted"),
+        (["scorer=nope"], "error: scorer: no option 'nope'; choose one of: "),
+        (["pruning.granularity=heads"], "error: pruning.granularity: 'heads' is not one of q_head, kv_group, none"),
+        (
+            ["model=qwen2.5-7b", "model.device=cpu"],
+            "error: model.path: 'Qwen/Qwen2.5-7B' is not a local folder and the hub is offline",
+        ),
+        (["benchmark=ppl"], "error: data.root: benchmark.tasks.ppl_wikitext2.dataset=wikitext2 needs wikitext2/test"),
+        (
+            ["benchmark=ppl", "data.root=/nonexistent"],
+            "error: data.root: /nonexistent/wikitext2/wiki.test.raw is missing",
+        ),
+        (["calibration=q16k", "scorer=magnitude", "benchmark=none", "pruning.sparsity=0.7"], None),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_field(args, message, tmp_path, monkeypatch, capsys) -> None:
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(["model=tiny-llama", "logger=none", f"hydra.run.dir={run_dir}", *args], monkeypatch, capsys)
+    if message is None:  # a valid run (calibration is not built for a data-free scorer)
+        assert code == 0, err
+        return
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2
+    assert lines == [lines[0]] and lines[0].startswith(message), err
+    assert not (run_dir / "results.json").exists()  # refused before any model was loaded
+
+
+def test_an_impossible_target_fails_right_after_loading(tmp_path, monkeypatch, capsys) -> None:
+    run_dir = tmp_path / "run"
+    args = ["model=tiny-llama", "logger=none", f"hydra.run.dir={run_dir}", "pruning.protected_layers=[0,1,2]"]
+    code, _, err = run_cli([*args, "pruning.sparsity=0.6"], monkeypatch, capsys)
+    assert code == 2
+    assert err.strip() == err.strip().splitlines()[0] and err.startswith("error: pruning.sparsity: 0.6 cannot be met")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "failed" and results["dense_metrics"] == {} and "score_s" not in results["efficiency"]
+
+
+def test_a_run_failing_after_start_records_why(tmp_path, monkeypatch, capsys) -> None:
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(
+        ["model=tiny-llama", "logger=none", f"hydra.run.dir={run_dir}", "benchmark.tasks.ppl_pydoc.seqlen=100000"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 2 and "seqlen" in err
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "failed" and "seqlen" in results["error"]
+
+
+def test_results_are_written_atomically(tmp_path) -> None:
+    from rkuprune.tracking.atomic import write_json
+
+    write_json(tmp_path / "r.json", {"a": 1})
+    write_json(tmp_path / "r.json", {"a": 2})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 2}
+    assert [p.name for p in Path(tmp_path).iterdir()] == ["r.json"]
