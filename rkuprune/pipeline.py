@@ -25,7 +25,7 @@ from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import apply_plan
 from rkuprune.scoring.base import SCORERS, Scorer
 from rkuprune.tracking.atomic import write_json
-from rkuprune.tracking.records import RunRecord
+from rkuprune.tracking.records import RESULTS_FILE, RunRecord
 from rkuprune.tracking.trackers import TRACKERS, Tracker
 
 
@@ -58,6 +58,10 @@ def prepare(cfg: RunConfig) -> Stages:
 def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Prune and evaluate as ``cfg`` says; write records into ``run_dir``; return results.json's content."""
     stages = prepare(cfg)
+    finished = completed_results(run_dir, config_hash(config))
+    if finished is not None:
+        print(f"skipped: {run_dir} already completed with the same config")
+        return {**finished, "skipped": True}
     torch.manual_seed(cfg.seed)
     record = RunRecord(run_dir, config, config_hash(config))
     record.update("evaluation", {key: task.settings() for key, task in stages.tasks.items()})
@@ -83,6 +87,18 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
         raise
     stages.tracker.finish()
     return record.data
+
+
+def completed_results(run_dir: Path, wanted_hash: str) -> dict[str, Any] | None:
+    """The results of an earlier completed run of the same resolved config in ``run_dir``, if any."""
+    path = run_dir / RESULTS_FILE
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if results.get("status") == "completed" and results.get("config_hash") == wanted_hash:
+        return results
+    return None
 
 
 def build_calibration(stages: Stages, loaded: LoadedModel, cfg: RunConfig, record: RunRecord) -> CalibrationSet | None:

@@ -77,6 +77,8 @@ def build_tasks(suite: BenchmarkConfig, data: DataConfig) -> dict[str, Task]:
     """Instantiate and check every task of the suite (before any model is loaded)."""
     tasks = {}
     for key, raw in (suite.tasks or {}).items():
+        if raw is None:  # a preset or override removed this task (benchmark.tasks.<key>=null)
+            continue
         raw = OmegaConf.to_container(raw) if OmegaConf.is_config(raw) else dict(raw)
         name = raw.get("task")
         entry = TASKS.get(str(name), f"benchmark.tasks.{key}.task")

@@ -1,0 +1,59 @@
+"""``python -m rkuprune.report DIR``: tables (md, csv, tex) and plots of every results.json under DIR."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rkuprune.report.collect import collect
+from rkuprune.report.plots import plot_all
+from rkuprune.report.tables import build_table, to_csv, to_latex, to_markdown
+from rkuprune.tracking.atomic import write_text
+
+
+def log_to_wandb(out: Path, table_csv: str, plots: list[Path], mode: str, group: str) -> None:
+    """One summary run holding the table and the plots (offline unless --wandb-mode online)."""
+    import csv
+
+    import wandb
+
+    rows = list(csv.reader(table_csv.splitlines()))
+    run = wandb.init(
+        project="rkuprune", mode=mode, dir=str(out), name=f"report-{group}", group=group, job_type="report"
+    )
+    run.log({"report/table": wandb.Table(columns=rows[0], data=rows[1:])})
+    run.log({f"report/{p.stem}": wandb.Image(str(p)) for p in plots})
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rkuprune.report", description=__doc__)
+    parser.add_argument("folder", type=Path, help="a sweep folder (e.g. multirun_outputs/smoke) or any folder of runs")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: FOLDER/report)")
+    parser.add_argument("--wandb", action="store_true", help="also log one W&B summary run with the table and plots")
+    parser.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
+    args = parser.parse_args(argv)
+    out = args.out or args.folder / "report"
+    collection = collect(args.folder)
+    for reason in collection.skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    if not collection.runs:
+        print(f"error: no completed results.json under {args.folder}", file=sys.stderr)
+        return 1
+    if len(collection.models) > 1:
+        print(f"note: {len(collection.models)} models ({', '.join(collection.models)}): rows and plots per model")
+    table = build_table(collection)
+    table_csv = to_csv(table)
+    write_text(out / "table.csv", table_csv)
+    write_text(out / "table.md", to_markdown(table))
+    write_text(out / "table.tex", to_latex(table))
+    plots = plot_all(collection, out)
+    if args.wandb:
+        log_to_wandb(out, table_csv, plots, args.wandb_mode, group=args.folder.name)
+    print(f"{len(collection.runs)} runs -> {out}/table.md, table.csv, table.tex and {len(plots)} plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Read every results.json under a folder into flat rows, saying which files were skipped and why."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rkuprune.tracking.records import RESULTS_FILE
+
+# Config paths that never tell two runs apart in a table (they are bookkeeping, or the column).
+IGNORED_KEYS = {"sweep_name", "tags", "save_model", "dense_cache", "seed", "pruning.sparsity"}
+IGNORED_PREFIXES = ("logger.", "data.", "benchmark.", "model.")
+
+
+@dataclass
+class Run:
+    path: Path
+    model: str
+    scorer: str
+    variant: str
+    target: float
+    measured: float
+    metrics: dict[str, float]
+    dense: dict[str, float]
+    config: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return f"{self.scorer} ({self.variant})" if self.variant else self.scorer
+
+
+@dataclass
+class Collection:
+    runs: list[Run] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def models(self) -> list[str]:
+        return sorted({r.model for r in self.runs})
+
+    @property
+    def metrics(self) -> list[str]:
+        return sorted({k for r in self.runs for k in r.metrics})
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{path}."))
+        else:
+            flat[path] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def collect(folder: Path) -> Collection:
+    """Load completed runs; corrupt, failed or incomplete files are reported in ``skipped`` and passed over."""
+    found = Collection()
+    raw: list[tuple[Path, dict[str, Any]]] = []
+    for path in sorted(Path(folder).rglob(RESULTS_FILE)):
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            found.skipped.append(f"{path}: not readable JSON ({exc})")
+            continue
+        if not isinstance(results, dict) or results.get("status") != "completed":
+            status = results.get("status") if isinstance(results, dict) else "not an object"
+            found.skipped.append(f"{path}: status {status!r}, not completed")
+            continue
+        if "pruning" not in results or "config" not in results:
+            found.skipped.append(f"{path}: missing 'pruning' or 'config'")
+            continue
+        raw.append((path, results))
+    # A variant is whatever else differs between runs of the same model and scorer (e.g. the calibration).
+    flats = {path: _flatten(results["config"]) for path, results in raw}
+    for path, results in raw:
+        model, scorer = results["model"]["name"], results["pruning"]["scorer"]
+        peers = [flats[p] for p, r in raw if r["model"]["name"] == model and r["pruning"]["scorer"] == scorer]
+        keys = sorted(
+            k
+            for k in flats[path]
+            if k not in IGNORED_KEYS
+            and not k.startswith(IGNORED_PREFIXES)
+            and len({json.dumps(f.get(k), default=str) for f in peers}) > 1
+        )
+        variant = ", ".join(f"{k.split('.', 1)[-1]}={flats[path][k]}" for k in keys)
+        found.runs.append(
+            Run(
+                path=path,
+                model=model,
+                scorer=scorer,
+                variant=variant,
+                target=float(results["pruning"]["target_sparsity"]),
+                measured=float(results["pruning"]["measured_sparsity"]),
+                metrics={k: float(v) for k, v in results.get("metrics", {}).items()},
+                dense={k: float(v) for k, v in results.get("dense_metrics", {}).items()},
+                config=results["config"],
+            )
+        )
+    return found

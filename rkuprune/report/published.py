@@ -1,0 +1,38 @@
+"""Published numbers (DESIGN.md section 10) for the report's "paper" column.
+
+Accuracies are percentages as published; perplexities as published. Only rows whose model, method,
+sparsity and metric are all known are listed; the leaderboard extracts whose row is unknown and
+the RKU-vs-GISP margins are not single values and are left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Published:
+    source: str
+    model: str  # this project's model config name
+    method: str  # this project's scorer name
+    sparsity: float
+    metric: str  # this project's metric key
+    value: float
+
+
+PUBLISHED: tuple[Published, ...] = (
+    # The RKU paper gives 13.34 for "Qwen-2.5-7B / LLaMA-3-8B" without saying which: listed for both.
+    Published("RKU (arXiv 2605.09008)", "qwen2.5-7b", "rku", 0.4, "acc/gsm8k", 13.34),
+    Published("RKU (arXiv 2605.09008)", "llama3-8b", "rku", 0.4, "acc/gsm8k", 13.34),
+    Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/gsm8k", 81.3),
+    Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/mathqa", 59.6),
+    Published("GISP README", "llama3-8b", "wanda_sp", 0.4, "ppl/wikitext2@128", 81.67),
+    Published("GISP README", "llama3-8b", "gisp", 0.4, "ppl/wikitext2@128", 46.10),
+)
+
+
+def published_value(model: str, method: str, sparsity: float, metric: str) -> Published | None:
+    for row in PUBLISHED:
+        if (row.model, row.method, row.metric) == (model, method, metric) and abs(row.sparsity - sparsity) < 1e-9:
+            return row
+    return None

@@ -1,0 +1,92 @@
+"""Sweep tables: rows = model and scorer (variant), columns = target sparsity x metric, a dense row per
+model, and the published value beside ours where model, method, sparsity and metric match."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+from rkuprune.report.collect import Collection
+from rkuprune.report.published import published_value
+
+PERCENT_PREFIXES = ("acc/", "mean3")
+
+
+def is_accuracy(metric: str) -> bool:
+    return metric.startswith(PERCENT_PREFIXES)
+
+
+def shown(metric: str, value: float | None) -> str:
+    """Accuracies as percentages (stored as fractions), perplexities with two decimals."""
+    if value is None:
+        return ""
+    return f"{100 * value:.2f}" if is_accuracy(metric) else f"{value:.2f}"
+
+
+@dataclass
+class Table:
+    columns: list[tuple[float, str]]  # (target sparsity, metric); sparsity 0.0 = dense
+    rows: list[tuple[str, str, dict[tuple[float, str], str]]]  # (model, label, cells)
+
+    def header(self) -> list[str]:
+        return ["model", "method", *[f"{'dense' if s == 0 else f's={s:g}'} {m}" for s, m in self.columns]]
+
+    def body(self) -> list[list[str]]:
+        return [[model, label, *[cells.get(c, "") for c in self.columns]] for model, label, cells in self.rows]
+
+
+def build_table(collection: Collection) -> Table:
+    metrics = collection.metrics
+    sparsities = sorted({r.target for r in collection.runs})
+    columns = [(s, m) for s in sparsities for m in metrics]
+    rows: list[tuple[str, str, dict[tuple[float, str], str]]] = []
+    for model in collection.models:
+        runs = [r for r in collection.runs if r.model == model]
+        dense = {k: v for r in runs for k, v in r.dense.items()}
+        rows.append((model, "dense", {(s, m): shown(m, dense.get(m)) for s in sparsities for m in metrics}))
+        for label in sorted({r.label for r in runs}):
+            cells: dict[tuple[float, str], str] = {}
+            for run in (r for r in runs if r.label == label):
+                for metric in metrics:
+                    text = shown(metric, run.metrics.get(metric))
+                    paper = published_value(model, run.scorer, run.target, metric)
+                    if paper is not None:
+                        text = f"{text} (paper {paper.value:g})"
+                    cells[(run.target, metric)] = text
+            rows.append((model, label, cells))
+    return Table(columns, rows)
+
+
+def to_csv(table: Table) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(table.header())
+    writer.writerows(table.body())
+    return buffer.getvalue()
+
+
+def to_markdown(table: Table) -> str:
+    header = table.header()
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in table.body()]
+    return "\n".join(lines) + "\n\nAccuracies in %, perplexities as exp(mean NLL); (paper x) = published value.\n"
+
+
+def _tex_escape(text: str) -> str:
+    for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        text = text.replace(char, escaped)
+    return text
+
+
+def to_latex(table: Table) -> str:
+    header = table.header()
+    lines = [
+        r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}",
+        r"\toprule",
+        " & ".join(_tex_escape(h) for h in header) + r" \\",
+        r"\midrule",
+    ]
+    lines += [" & ".join(_tex_escape(cell) for cell in row) + r" \\" for row in table.body()]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"

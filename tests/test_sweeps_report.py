@@ -1,0 +1,133 @@
+"""Sweeps rerun only what is unfinished; reports rebuild tables and plots from the results files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from rkuprune import cli, pipeline
+from rkuprune.report.__main__ import main as report_main
+from rkuprune.report.plots import read_series
+from rkuprune.report.tables import shown
+from tests.conftest import CONF
+
+pytestmark = pytest.mark.slow
+METRIC = "ppl/pydoc@64"
+
+
+def multirun(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> str:
+    monkeypatch.setattr(sys, "argv", ["rkuprune", "--multirun", *args])
+    cli.main()
+    return capsys.readouterr().out
+
+
+def sweep_args(sweep_dir: Path, model: str = "tiny-llama") -> list[str]:
+    return [
+        f"model={model}",
+        "scorer=random,magnitude",
+        "pruning.sparsity=0.2,0.4",
+        "logger=none",
+        "benchmark=none",
+        "+benchmark.tasks.ppl={task:perplexity,dataset:pydoc,seqlen:64,max_windows:2}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sweep")
+
+
+def results_of(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.rglob("results.json"))]
+
+
+def test_sweep_writes_one_result_per_job_and_a_rerun_skips_them(sweep: Path, monkeypatch, capsys) -> None:
+    multirun(sweep_args(sweep), monkeypatch, capsys)
+    results = results_of(sweep)
+    assert len(results) == 4 and {r["status"] for r in results} == {"completed"}
+    assert {(r["pruning"]["scorer"], r["pruning"]["target_sparsity"]) for r in results} == {
+        (s, t) for s in ("random", "magnitude") for t in (0.2, 0.4)
+    }
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished job loaded a model")
+
+    monkeypatch.setattr(pipeline, "load_model", no_loading)
+    out = multirun(sweep_args(sweep), monkeypatch, capsys)
+    assert out.count("skipped:") == 4
+
+
+def test_a_failed_job_is_redone(sweep: Path, monkeypatch, capsys) -> None:
+    path = sorted(sweep.rglob("results.json"))[0]
+    data = json.loads(path.read_text())
+    data["status"] = "failed"
+    path.write_text(json.dumps(data))
+    out = multirun(sweep_args(sweep), monkeypatch, capsys)
+    assert out.count("skipped:") == 3
+    assert json.loads(path.read_text())["status"] == "completed"
+
+
+def test_report_tables_and_plots_hold_the_results(sweep: Path, capsys) -> None:
+    assert report_main([str(sweep)]) == 0
+    out_dir = sweep / "report"
+    assert f"-> {out_dir}/table.md" in capsys.readouterr().out
+    rows = list(csv.reader((out_dir / "table.csv").read_text().splitlines()))
+    header, body = rows[0], {row[1]: row for row in rows[1:]}
+    for result in results_of(sweep):
+        column = header.index(f"s={result['pruning']['target_sparsity']:g} {METRIC}")
+        assert body[result["pruning"]["scorer"]][column] == shown(METRIC, result["metrics"][METRIC])
+        assert body["dense"][column] == shown(METRIC, result["dense_metrics"][METRIC])
+    (png,) = list(out_dir.glob("*.png"))
+    series = read_series(png)
+    assert sorted(series["series"]) == ["magnitude", "random"]
+    for result in results_of(sweep):
+        points = series["series"][result["pruning"]["scorer"]]
+        assert [result["pruning"]["measured_sparsity"], result["metrics"][METRIC]] in points
+    assert series["dense"] == pytest.approx(results_of(sweep)[0]["dense_metrics"][METRIC])
+    assert (out_dir / "table.tex").read_text().startswith("\\begin{tabular}")
+    assert "| tiny-llama | dense |" in (out_dir / "table.md").read_text()
+
+
+def test_report_passes_over_a_corrupt_file_and_names_it(sweep: Path, tmp_path, capsys) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("report"))
+    broken = sorted(copy.rglob("results.json"))[0]
+    broken.write_text("{not json")
+    assert report_main([str(copy)]) == 0
+    captured = capsys.readouterr()
+    assert f"skipped {broken}: not readable JSON" in captured.err
+    assert "3 runs ->" in captured.out
+
+
+def test_report_with_no_results_says_so(tmp_path, capsys) -> None:
+    assert report_main([str(tmp_path)]) == 1
+    assert f"error: no completed results.json under {tmp_path}" in capsys.readouterr().err
+
+
+def test_report_over_several_models_makes_rows_and_plots_per_model(sweep: Path, tmp_path, monkeypatch, capsys) -> None:
+    import shutil
+
+    both = tmp_path / "both"
+    shutil.copytree(sweep, both / "llama", ignore=shutil.ignore_patterns("report"))
+    multirun(sweep_args(both / "qwen2", model="tiny-qwen2"), monkeypatch, capsys)
+    assert report_main([str(both)]) == 0
+    assert "note: 2 models (tiny-llama, tiny-qwen2)" in capsys.readouterr().out
+    assert sorted(p.name for p in (both / "report").glob("*.png")) == [
+        "tiny-llama__ppl_pydoc_64.png",
+        "tiny-qwen2__ppl_pydoc_64.png",
+    ]
+
+
+def test_slurm_launcher_config_composes() -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1
