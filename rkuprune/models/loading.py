@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,10 @@ def converted_gguf_folder(cfg: ModelConfig) -> Path:
     staging = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
-    staging.replace(target)
+    try:
+        staging.replace(target)
+    except OSError:  # another process finished the same conversion first
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
