@@ -35,7 +35,10 @@ class PruningConfig:
     allocation: str = "global"
     protected_layers: list[int] = field(default_factory=list)
     protection_rule: str = "none"  # "gisp": also protect the first 10% of layers and the last
-    schedule: str = "oneshot"
+    schedule: str = "oneshot"  # "iterative": linear ratio over `steps`, re-scoring the masked model each step
+    steps: int = 8
+    milestones: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])  # plans recorded here
+    regenerate_at: list[float] = field(default_factory=list)  # calibration rebuilt by the pruned model here
 
     def check(self) -> None:
         if not 0.0 <= self.sparsity <= 0.95:
@@ -50,6 +53,12 @@ class PruningConfig:
             if value not in allowed:
                 raise ConfigError(f"pruning.{name}", f"'{value}' is not one of {', '.join(allowed)}")
         ALLOCATORS.get(self.allocation, "pruning.allocation")
+        if self.steps < 1:
+            raise ConfigError("pruning.steps", f"{self.steps} must be at least 1")
+        for name in ("milestones", "regenerate_at"):
+            bad = [m for m in getattr(self, name) if not 0.0 < m < 1.0]
+            if bad:
+                raise ConfigError(f"pruning.{name}", f"{bad[0]} is outside (0, 1); use fractions such as 0.1, 0.2")
 
 
 def protected_layers(cfg: PruningConfig, num_layers: int) -> set[int]:
