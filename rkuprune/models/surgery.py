@@ -52,6 +52,19 @@ def apply_plan(model: nn.Module, plan: PruningPlan, mode: Mode) -> nn.Module:
     return model
 
 
+def add_output_bias(linear: nn.Linear, delta: torch.Tensor) -> None:
+    """Add ``delta`` to the output bias of ``linear``, creating the bias when the layer has none.
+
+    Used for compensation (FLAP): the bias is an ordinary parameter afterwards, counted in the sparsity
+    and listed in the per-layer ``biases`` that ``save_pruned``/``load_pruned`` rebuild.
+    """
+    with torch.no_grad():
+        if linear.bias is None:
+            zeros = torch.zeros(linear.out_features, dtype=linear.weight.dtype, device=linear.weight.device)
+            linear.bias = nn.Parameter(zeros, requires_grad=linear.weight.requires_grad)
+        linear.bias.add_(delta.to(dtype=linear.bias.dtype, device=linear.bias.device))
+
+
 def _complement(kept: list[int], size: int) -> list[int]:
     keep = set(kept)
     return [i for i in range(size) if i not in keep]
@@ -152,7 +165,10 @@ def _record_sizes(adapter: DecoderAdapter, plan: PruningPlan) -> None:
     """Describe the sliced shapes in the model config, so that the saved config.json rebuilds them.
 
     The explicit ``head_dim`` keeps head_dim fixed when the head count changes. When every layer has
-    the same sizes the top-level fields say so too, and plain ``from_pretrained`` can load the folder.
+    the same sizes the top-level fields say so too, and plain ``from_pretrained`` can load the folder,
+    unless a layer carries a bias the architecture's config would not create (a compensation bias):
+    plain loading would silently drop it, so the top-level fields then keep their base values and plain
+    loading fails on the shapes instead.
     """
     config = adapter.config
     config.head_dim = adapter.head_dim
@@ -160,8 +176,19 @@ def _record_sizes(adapter: DecoderAdapter, plan: PruningPlan) -> None:
     setattr(config, SIZES_KEY, sizes)
     config.rkuprune_kept_layers = [lp.index for lp in plan.layers]
     first = {k: v for k, v in sizes[0].items() if k != "biases"}
-    if all({k: v for k, v in s.items() if k != "biases"} == first for s in sizes):
+    native = _native_biases(adapter)
+    extra_bias = any(set(s["biases"]) - native for s in sizes)
+    if not extra_bias and all({k: v for k, v in s.items() if k != "biases"} == first for s in sizes):
         _set_uniform_sizes(config, first)
+
+
+def _native_biases(adapter: DecoderAdapter) -> set[str]:
+    """Projections that carry a bias in a layer built from the config alone (built on the meta device)."""
+    layer = adapter.layers()[0]
+    with torch.device("meta"):
+        fresh = type(layer)(adapter.config, 0)
+    parts = {**vars(adapter.attention(fresh)), **vars(adapter.mlp(fresh))}
+    return {name for name, linear in parts.items() if linear.bias is not None}
 
 
 def _set_uniform_sizes(config: PretrainedConfig, sizes: dict[str, object]) -> None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import ConfigError
+from rkuprune.models.plan import PruningPlan
 from rkuprune.models.structures import Structures
 from rkuprune.registry import Registry
 
@@ -65,6 +66,9 @@ class Scorer:
 
     def score(self, model: nn.Module, calibration: CalibrationSet | None) -> Scores:
         raise NotImplementedError
+
+    def compensate(self, model: nn.Module, plan: PruningPlan) -> None:
+        """Adjust the kept weights for what ``plan`` removes, before slicing (FLAP's bias; default: nothing)."""
 
 
 SCORERS: Registry[Scorer] = Registry("scorer")

@@ -1,0 +1,231 @@
+"""The one way calibration-based scorers read a model: hooks on the inputs of every layer's o_proj and
+down_proj (the unit activations), optionally the gradients of an objective with respect to them or to
+chosen weights, and per-unit reductions accumulated batch by batch in fp32.
+
+A query head h is the slice ``[h * head_dim, (h + 1) * head_dim)`` of o_proj's input; MLP channel j is
+feature j of down_proj's input. Statistics count the tokens of ``token_mask``: real (attention mask),
+selected by the calibration's loss mask, and not the first token of a sequence (whose activations
+are the attention sink's outliers, not the unit's typical behaviour). Nothing of the size of the
+activations outlives its batch; a reducer keeps only per-feature or per-unit vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from rkuprune.data.calibration import CalibrationSet
+from rkuprune.errors import ConfigError
+from rkuprune.models.adapters import adapter_for
+from rkuprune.scoring.base import LayerScores, Scores
+from rkuprune.scoring.objectives import Objective
+
+Key = tuple[int, str]  # (layer index, "attention" | "mlp")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where one block's units live: the output projection whose input holds their activations."""
+
+    layer: int
+    block: str  # "attention" (units = query heads) or "mlp" (units = channels)
+    linear: nn.Linear  # o_proj or down_proj
+    unit_size: int  # input features per unit: head_dim for a head, 1 for a channel
+
+    @property
+    def key(self) -> Key:
+        return (self.layer, self.block)
+
+    def units(self, features: torch.Tensor) -> torch.Tensor:
+        """View a trailing per-feature dimension as ``[..., units, unit_size]``."""
+        return features.unflatten(-1, (-1, self.unit_size))
+
+
+def sites(model: nn.Module) -> list[Site]:
+    adapter = adapter_for(model)
+    found = []
+    for index, layer in enumerate(adapter.layers()):
+        found.append(Site(index, "attention", adapter.attention(layer).o, adapter.head_dim))
+        found.append(Site(index, "mlp", adapter.mlp(layer).down, 1))
+    return found
+
+
+def to_scores(per_unit: dict[Key, torch.Tensor]) -> Scores:
+    """Per-site unit vectors (heads from attention sites, channels from MLP sites) as ``Scores``."""
+    num_layers = 1 + max(layer for layer, _ in per_unit)
+    return Scores(
+        [
+            LayerScores(heads=per_unit[(i, "attention")].float(), channels=per_unit[(i, "mlp")].float())
+            for i in range(num_layers)
+        ]
+    )
+
+
+def token_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Tokens a unit statistic counts: real, in the loss mask, and not the first real token of the row."""
+    real = batch["attention_mask"].bool()
+    first = real & (batch["attention_mask"].cumsum(dim=1) == 1)
+    return real & batch["loss_mask"].bool() & ~first
+
+
+class Reducer:
+    """Receives each site's activations (and gradients) of the counted tokens, ``[tokens, features]`` fp32."""
+
+    def forward(self, site: Site, acts: torch.Tensor) -> None:
+        """Called during a forward-only pass."""
+
+    def backward(self, site: Site, acts: torch.Tensor, grads: torch.Tensor) -> None:
+        """Called during the backward of a gradient pass with dΦ/da for the same tokens."""
+
+
+@dataclass
+class FeatureStats(Reducer):
+    """Per input feature of every site: token count, mean, sum of squared deviations and sum of squares.
+
+    Batches are merged with Chan et al.'s parallel update, so the variance is exact and stable in fp32
+    however the calibration is split into micro-batches.
+    """
+
+    count: dict[Key, int] = field(default_factory=dict)
+    means: dict[Key, torch.Tensor] = field(default_factory=dict)
+    m2: dict[Key, torch.Tensor] = field(default_factory=dict)
+    sumsq: dict[Key, torch.Tensor] = field(default_factory=dict)
+
+    def forward(self, site: Site, acts: torch.Tensor) -> None:
+        n = acts.shape[0]
+        if n == 0:
+            return
+        key = site.key
+        mean = acts.mean(dim=0)
+        m2 = (acts - mean).pow(2).sum(dim=0)
+        sumsq = acts.pow(2).sum(dim=0)
+        if key not in self.count:
+            self.count[key], self.means[key], self.m2[key], self.sumsq[key] = n, mean, m2, sumsq
+            return
+        total = self.count[key] + n
+        delta = mean - self.means[key]
+        self.m2[key] += m2 + delta.pow(2) * (self.count[key] * n / total)
+        self.means[key] += delta * (n / total)
+        self.sumsq[key] += sumsq
+        self.count[key] = total
+
+    def mean(self, site: Site) -> torch.Tensor:
+        return self.means[site.key]
+
+    def variance(self, site: Site) -> torch.Tensor:
+        """Sample variance (n - 1 in the denominator) over the counted tokens."""
+        return self.m2[site.key] / max(self.count[site.key] - 1, 1)
+
+    def squared_norm(self, site: Site) -> torch.Tensor:
+        """Sum of squares over the counted tokens (the squared L2 norm of the feature's column of X)."""
+        return self.sumsq[site.key]
+
+
+@contextmanager
+def frozen(model: nn.Module, trainable: Sequence[nn.Parameter] = ()) -> Iterator[None]:
+    """Freeze every parameter except ``trainable`` (and switch to eval); restore the flags afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    keep = {id(p) for p in trainable}
+    try:
+        for p, _ in flags:
+            p.requires_grad_(id(p) in keep)
+        model.eval()
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+class Capture:
+    """Forward pre-hooks on every site while active. ``mask`` must be set to the batch's token mask."""
+
+    def __init__(self, model: nn.Module, reducer: Reducer, gradients: bool) -> None:
+        self.model = model
+        self.reducer = reducer
+        self.gradients = gradients
+        self.mask: torch.Tensor | None = None
+        self.leaf: torch.Tensor | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> Capture:
+        for site in sites(self.model):
+            self._handles.append(site.linear.register_forward_pre_hook(self._hook(site)))
+        if self.gradients:
+            # With every weight frozen, the graph must start somewhere: the embedding output becomes a leaf
+            # that requires grad, so backprop reaches every unit activation without any weight gradient.
+            embeddings = self.model.get_input_embeddings()
+            self._handles.append(embeddings.register_forward_hook(self._make_leaf))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.leaf = None
+
+    def _make_leaf(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        self.leaf = output.detach().requires_grad_(True)
+        return self.leaf
+
+    def _hook(self, site: Site) -> Callable[[nn.Module, tuple], None]:
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            mask = self.mask.to(x.device)
+            if not self.gradients:
+                self.reducer.forward(site, x.detach()[mask].float())
+            else:  # register_hook fails loudly if no gradient can reach this activation
+                acts = x.detach()
+
+                def on_grad(grad: torch.Tensor) -> None:
+                    self.reducer.backward(site, acts[mask].float(), grad[mask].float())
+
+                x.register_hook(on_grad)
+
+        return hook
+
+
+def run_calibration(
+    model: nn.Module,
+    calibration: CalibrationSet | None,
+    reducer: Reducer | None = None,
+    objective: Objective | None = None,
+    weights: Sequence[nn.Parameter] = (),
+    on_weight_grads: Callable[[tuple[torch.Tensor, ...]], None] | None = None,
+) -> None:
+    """Pass the calibration set through ``model`` once, micro-batch by micro-batch.
+
+    Without an objective: a no-grad forward; ``reducer.forward`` sees every site. With one: Φ of each
+    batch (scaled so the batches sum to the calibration mean) is differentiated with every parameter
+    frozen except ``weights``; ``reducer.backward`` sees dΦ/da at every site, and ``on_weight_grads``
+    gets dΦ/dW for ``weights`` (returned by autograd, never stored in ``.grad``).
+    """
+    if calibration is None:
+        raise ConfigError("scorer", "this scorer needs a calibration set; the pipeline built none")
+    device = model.get_input_embeddings().weight.device
+    batches = list(calibration.batches(device))
+    if sum(int(token_mask(b).sum()) for b in batches) == 0:
+        raise ConfigError(
+            "calibration.num_tokens", "no calibration token counts (each row is a single token?); raise it"
+        )
+    gradients = objective is not None
+    capture = Capture(model, reducer, gradients) if reducer is not None else None
+    total = sum(objective.count(b) for b in batches) if objective is not None else 0
+    decoder = adapter_for(model).decoder()
+    with frozen(model, weights), capture or nullcontext(), torch.set_grad_enabled(gradients):
+        for batch in batches:
+            if capture is not None:
+                capture.mask = token_mask(batch)
+            out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            if objective is None:
+                continue
+            phi = objective.total(model, out.last_hidden_state, batch) / max(total, 1)
+            targets = [*weights, *([capture.leaf] if capture is not None else [])]
+            grads = torch.autograd.grad(phi, targets)
+            if on_weight_grads is not None:
+                on_weight_grads(grads[: len(weights)])

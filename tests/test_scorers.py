@@ -1,0 +1,379 @@
+"""Calibration-based scorers: RKU, wanda_sp, flap and taylor against hand computations, their invariances,
+FLAP's bias compensation through slicing and save/load, determinism, every architecture and bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from rkuprune import apply_plan, load_pruned, save_pruned
+from rkuprune.allocation import allocate
+from rkuprune.allocation.allocators import PruningConfig
+from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationConfig, CalibrationSet
+from rkuprune.data.sources import DataConfig
+from rkuprune.errors import ConfigError
+from rkuprune.models import surgery
+from rkuprune.models.adapters import adapter_for
+from rkuprune.models.io import read_config
+from rkuprune.models.loading import LoadedModel, load_model
+from rkuprune.models.plan import PruningPlan
+from rkuprune.models.surgery import head_rows
+from rkuprune.scoring import SCORERS, Scorer
+from rkuprune.scoring.capture import Site, run_calibration, to_scores
+from rkuprune.scoring.flap import FLAPConfig, FLAPScorer
+from rkuprune.scoring.objectives import OBJECTIVES
+from rkuprune.scoring.rku import KineticUtility, RKUConfig, RKUScorer, normalise
+from rkuprune.scoring.taylor import TaylorConfig, TaylorScorer
+from rkuprune.scoring.wanda_sp import WandaSPConfig, WandaSPScorer
+from tests.conftest import TINY_ARCHS, model_config, tiny
+from tests.test_capture import captured_inputs, expected_mask, padded_calibration
+
+CALIBRATED = ("rku", "wanda_sp", "flap", "taylor")
+GRANULARITIES = ("q_head", "kv_group", "none")
+
+
+def build(name: str, **fields: object) -> Scorer:
+    return SCORERS.build(SCORERS.get(name).config(**fields))
+
+
+def synthetic(tokenizer: object, seed: int = 0) -> CalibrationSet:
+    cfg = CalibrationConfig(name="synthetic", num_tokens=256, seqlen=64, batch_size=4, seed=seed)
+    return CALIBRATION_SOURCES.build(cfg).build(tokenizer, DataConfig())
+
+
+def one_layer(name: str, **arch: object) -> LoadedModel:
+    base = model_config(name).arch
+    return load_model(model_config(name, arch={**base, "num_hidden_layers": 1, **arch}))
+
+
+def unit_columns(site_block: str, unit: int, head_dim: int) -> slice:
+    return slice(unit * head_dim, (unit + 1) * head_dim) if site_block == "attention" else slice(unit, unit + 1)
+
+
+# --- RKU ------------------------------------------------------------------------------------------
+
+
+def hand_objective(model: nn.Module, calibration: CalibrationSet, objective: str, store: dict) -> torch.Tensor:
+    """Φ over the whole calibration set in one forward, written out directly (HF's own loss for lm_loss)."""
+    adapter = adapter_for(model)
+    handle = adapter.final_norm().register_forward_hook(lambda m, a, o: store.__setitem__("h_L", o))
+    ids, attention = calibration.input_ids, calibration.attention_mask
+    real = attention.bool() & calibration.loss_mask
+    if objective == "lm_loss":
+        after_real = torch.zeros_like(real)
+        after_real[:, 1:] = attention[:, :-1].bool()
+        labels = ids.masked_fill(~(real & after_real), -100)
+        phi = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+    else:
+        logits = model(input_ids=ids, attention_mask=attention).logits
+        if objective == "energy":
+            phi = 0.5 * store["h_L"].pow(2).sum(-1)[real].mean()
+        else:
+            p = torch.softmax(logits, dim=-1)
+            phi = -(p * torch.log(p)).sum(-1)[real].mean()
+    handle.remove()
+    return phi
+
+
+@pytest.mark.parametrize("objective", ["energy", "lm_loss", "entropy"])
+def test_rku_equals_explicit_autograd_on_captured_activations(objective: str) -> None:
+    model = tiny("tiny-llama").model
+    model.model.embed_tokens.weight.requires_grad_(False)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    calibration = padded_calibration(batch_size=2)
+    scores = RKUScorer(RKUConfig(objective=objective, normalisation="none")).score(model, calibration)
+    assert all(p.grad is None for p in model.parameters())
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+
+    adapter = adapter_for(model)
+    store: dict = {}
+    handles = [
+        linear.register_forward_hook(lambda m, a, o, key=(i, block): store.__setitem__(key, a[0]))
+        for i, layer in enumerate(adapter.layers())
+        for block, linear in (("attention", adapter.attention(layer).o), ("mlp", adapter.mlp(layer).down))
+    ]
+    phi = hand_objective(model, calibration, objective, store)
+    for handle in handles:
+        handle.remove()
+    keys = [(i, b) for i in range(len(adapter.layers())) for b in ("attention", "mlp")]
+    grads = dict(zip(keys, torch.autograd.grad(phi, [store[k] for k in keys]), strict=True))
+    mask = expected_mask(calibration)
+    for (layer, block), grad in grads.items():
+        act = store[(layer, block)]
+        got = scores.layers[layer].heads if block == "attention" else scores.layers[layer].channels
+        for unit in (0, 5, got.numel() - 1):
+            cols = unit_columns(block, unit, adapter.head_dim)
+            expected = (act[..., cols] * grad[..., cols]).sum(-1).abs()[mask].mean()
+            torch.testing.assert_close(got[unit], expected.detach(), rtol=1e-4, atol=1e-9)
+
+
+def test_kinetic_reduction_and_normalisations_match_a_hand_example() -> None:
+    site = Site(0, "attention", nn.Linear(4, 3), unit_size=2)
+    acts = torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.0, 2.0, 1.0]])
+    grads = torch.tensor([[0.5, -1.0, 1.0, 0.0], [2.0, 1.0, -1.0, 3.0]])
+    reducer = KineticUtility()
+    reducer.backward(site, acts, grads)
+    # head 0: |1*0.5 + 2*(-1)| = 1.5 and |-2 + 0| = 2; head 1: |3 + 0| = 3 and |-2 + 3| = 1
+    utility = reducer.mean_utility(site.key)
+    torch.testing.assert_close(utility, torch.tensor([1.75, 2.0]))
+    # ‖g‖²: 0.25 + 1 + 1 + 0 = 2.25 and 4 + 1 + 1 + 9 = 15
+    grad_sq = reducer.mean_grad_sq(site.key)
+    torch.testing.assert_close(grad_sq, torch.tensor(8.625))
+    torch.testing.assert_close(normalise(utility, grad_sq, "fisher_trace"), torch.tensor([1.75, 2.0]) / 8.625**0.5)
+    torch.testing.assert_close(normalise(utility, grad_sq, "block_relative"), torch.tensor([1.75, 2.0]) / 1.875)
+    torch.testing.assert_close(normalise(utility, grad_sq, "none"), utility)
+
+
+def test_normalisations_rescale_each_block_by_one_factor() -> None:
+    loaded = tiny("tiny-qwen3")
+    calibration = synthetic(loaded.tokenizer)
+    by_method = {
+        method: RKUScorer(RKUConfig(normalisation=method)).score(loaded.model, calibration)
+        for method in ("none", "block_relative", "fisher_trace")
+    }
+    for i, raw in enumerate(by_method["none"].layers):
+        for kind in ("heads", "channels"):
+            relative = getattr(by_method["block_relative"].layers[i], kind)
+            fisher = getattr(by_method["fisher_trace"].layers[i], kind)
+            torch.testing.assert_close(relative.mean(), torch.tensor(1.0))
+            ratios = fisher / getattr(raw, kind)
+            torch.testing.assert_close(ratios, ratios[0].expand_as(ratios), rtol=1e-5, atol=0)
+
+
+def test_block_relative_plan_ignores_a_block_wide_scale() -> None:
+    loaded = tiny("tiny-llama")
+    reducer = KineticUtility()
+    run_calibration(loaded.model, synthetic(loaded.tokenizer), reducer=reducer, objective=OBJECTIVES["energy"])
+    structures = adapter_for(loaded.model).structures()
+    scale = {(1, "attention"): 1e3, (2, "mlp"): 1e-3}
+
+    def plan(method: str, granularity: str, scaled: bool) -> PruningPlan:
+        per_unit = {}
+        for key in reducer.utility:
+            c = scale.get(key, 1.0) if scaled else 1.0
+            per_unit[key] = normalise(c * reducer.mean_utility(key), c**2 * reducer.mean_grad_sq(key), method)
+        return allocate(PruningConfig(sparsity=0.3, granularity=granularity), to_scores(per_unit), structures)
+
+    for granularity in GRANULARITIES:
+        assert plan("block_relative", granularity, False).layers == plan("block_relative", granularity, True).layers
+    # The same scale does move the plan when utilities are not normalised, so the property is not vacuous.
+    assert plan("none", "q_head", False).layers != plan("none", "q_head", True).layers
+
+
+# --- wanda_sp, flap, taylor against hand computations ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_wanda_sp_and_flap_match_hand_computation(name: str) -> None:
+    model = one_layer(name).model
+    calibration = padded_calibration(batch_size=2)
+    wanda = WandaSPScorer(WandaSPConfig()).score(model, calibration)
+    flap_scorer = FLAPScorer(FLAPConfig())
+    flap = flap_scorer.score(model, calibration)
+    inputs = captured_inputs(model, calibration)
+    adapter = adapter_for(model)
+    layer = adapter.layers()[0]
+    for block, linear in (("attention", adapter.attention(layer).o), ("mlp", adapter.mlp(layer).down)):
+        x, w = inputs[(0, block)], linear.weight.detach().double()
+        norm = x.pow(2).sum(0).sqrt()
+        fluctuation = x.var(0) * w.pow(2).sum(0)
+        z = (fluctuation - fluctuation.mean()) / fluctuation.std()
+        units = x.shape[1] // (adapter.head_dim if block == "attention" else 1)
+        cols = [unit_columns(block, u, adapter.head_dim) for u in range(units)]
+        expected_wanda = torch.stack([(w[:, c].abs() * norm[c]).sum() for c in cols])
+        expected_flap = torch.stack([z[c].mean() for c in cols])
+        got_wanda = wanda.layers[0].heads if block == "attention" else wanda.layers[0].channels
+        got_flap = flap.layers[0].heads if block == "attention" else flap.layers[0].channels
+        torch.testing.assert_close(got_wanda.double(), expected_wanda, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got_flap.double(), expected_flap, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(flap_scorer.means[(0, block)].double(), x.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_taylor_matches_loss_gradients_by_hand() -> None:
+    model = one_layer("tiny-llama").model
+    calibration = padded_calibration(batch_size=6)  # one batch: LLM-Pruner's score exactly
+    scores = TaylorScorer(TaylorConfig()).score(model, calibration)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    per_layer = TaylorScorer(TaylorConfig(scope="layer")).score(model, calibration)
+
+    reference = copy.deepcopy(model)
+    ids, attention = calibration.input_ids, calibration.attention_mask
+    after_real = torch.zeros_like(calibration.loss_mask)
+    after_real[:, 1:] = attention[:, :-1].bool()
+    labels = ids.masked_fill(~(calibration.loss_mask & attention.bool() & after_real), -100)
+    reference(input_ids=ids, attention_mask=attention, labels=labels).loss.backward()
+    adapter = adapter_for(reference)
+    s = adapter.structures()[0]
+    attn, mlp = adapter.attention(adapter.layers()[0]), adapter.mlp(adapter.layers()[0])
+    sal = {n: (lin.weight * lin.weight.grad).abs().double() for n, lin in {**vars(attn), **vars(mlp)}.items()}
+    hd = s.head_dim
+    for h in range(s.num_q_heads):
+        kv = slice(s.kv_of(h) * hd, (s.kv_of(h) + 1) * hd)
+        expected = (
+            sal["q"][h * hd : (h + 1) * hd].sum()
+            + sal["o"][:, h * hd : (h + 1) * hd].sum()
+            + (sal["k"][kv].sum() + sal["v"][kv].sum()) / s.group_size
+        )
+        torch.testing.assert_close(scores.layers[0].heads[h].double(), expected, rtol=1e-4, atol=1e-9)
+    expected_channels = sal["gate"].sum(1) + sal["up"].sum(1) + sal["down"].sum(0)
+    torch.testing.assert_close(scores.layers[0].channels.double(), expected_channels, rtol=1e-4, atol=1e-9)
+    total = scores.layers[0].heads.sum() + scores.layers[0].channels.sum()
+    torch.testing.assert_close(per_layer.layers[0].heads, scores.layers[0].heads / total)
+    torch.testing.assert_close(per_layer.layers[0].channels, scores.layers[0].channels / total)
+
+
+# --- FLAP bias compensation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "arch"),
+    [("tiny-qwen2", {}), ("tiny-llama", {"attention_bias": True, "mlp_bias": True})],
+    ids=["qwen2-o-bias-created", "llama-biases-extended"],
+)
+def test_flap_compensation_restores_the_dense_output_for_constant_inputs(name: str, arch: dict) -> None:
+    loaded = one_layer(name, **arch)
+    model = loaded.model
+    adapter = adapter_for(model)
+    s = adapter.structures()[0]
+    attn, mlp = adapter.attention(adapter.layers()[0]), adapter.mlp(adapter.layers()[0])
+    generator = torch.Generator().manual_seed(1)
+    constant_kv, constant_channels = 1, [3, 10, 50]
+    with torch.no_grad():
+        # A KV head whose values ignore the input: every query head reading it outputs the same vector.
+        rows = head_rows([constant_kv], s.head_dim)
+        attn.v.weight[rows] = 0.0
+        attn.v.bias[rows] = torch.randn(rows.numel(), generator=generator)
+        if mlp.gate.bias is not None:  # MLP channels whose activation is silu(b_gate) * b_up, whatever the input
+            for linear in (mlp.gate, mlp.up):
+                linear.weight[constant_channels] = 0.0
+                linear.bias[constant_channels] = torch.randn(len(constant_channels), generator=generator) + 2.0
+    scorer = FLAPScorer(FLAPConfig())
+    scores = scorer.score(model, synthetic(loaded.tokenizer))
+    removed_heads = [h for h in range(s.num_q_heads) if s.kv_of(h) == constant_kv]
+    assert sorted(scores.layers[0].heads.argsort()[: len(removed_heads)].tolist()) == removed_heads
+    plan = PruningPlan.dense(adapter.structures())
+    plan.layers[0].kv_heads.remove(constant_kv)
+    plan.layers[0].q_heads = [h for h in plan.layers[0].q_heads if h not in removed_heads]
+    if mlp.gate.bias is not None:
+        assert sorted(scores.layers[0].channels.argsort()[:3].tolist()) == constant_channels
+        plan.layers[0].mlp_channels = [c for c in plan.layers[0].mlp_channels if c not in constant_channels]
+
+    dense = copy.deepcopy(model)
+    uncompensated = apply_plan(copy.deepcopy(model), plan, "slice")
+    scorer.compensate(model, plan)
+    apply_plan(model, plan, "slice")
+    assert attn.o.bias is not None
+    ids = torch.randint(3, 259, (2, 24), generator=generator)
+    with torch.no_grad():
+        expected = dense(input_ids=ids).logits
+        torch.testing.assert_close(model(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(uncompensated(input_ids=ids).logits, expected, atol=1e-3)
+
+
+def test_flap_biases_survive_save_and_load_and_plain_loading_fails_loudly(tmp_path, monkeypatch) -> None:
+    loaded = tiny("tiny-llama")  # no attention_bias / mlp_bias: every compensation bias is new
+    model = loaded.model
+    scorer = FLAPScorer(FLAPConfig())
+    scores = scorer.score(model, synthetic(loaded.tokenizer))
+    cfg = PruningConfig(sparsity=0.3, granularity="none", allocation="uniform")
+    plan = allocate(cfg, scores, adapter_for(model).structures())
+    assert plan.is_uniform()
+    unguarded = copy.deepcopy(model)
+    for target in (model, unguarded):
+        scorer.compensate(target, plan)
+    apply_plan(model, plan, "slice")
+    adapter = adapter_for(model)
+    assert all(adapter.mlp(layer).down.bias is not None for layer in adapter.layers())
+    save_pruned(model, loaded.tokenizer, plan, tmp_path / "pruned")
+    reloaded, _ = load_pruned(tmp_path / "pruned")
+    ids = torch.randint(3, 259, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=0, rtol=0)
+    assert read_config(tmp_path / "pruned")["intermediate_size"] == 96  # base value: the guard held it back
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+
+    # Without the guard the same folder loads plainly and silently drops the biases (what it prevents).
+    monkeypatch.setattr(surgery, "_native_biases", lambda adapter: {"o", "down"})
+    apply_plan(unguarded, plan, "slice")
+    save_pruned(unguarded, loaded.tokenizer, plan, tmp_path / "unguarded")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "unguarded")
+    assert adapter_for(plain).mlp(adapter_for(plain).layers()[0]).down.bias is None
+
+
+# --- every scorer, every architecture, determinism, bad input -----------------------------------------
+
+
+@pytest.mark.parametrize("name", CALIBRATED)
+def test_same_seed_and_data_give_the_same_scores_and_plan(name: str) -> None:
+    runs = []
+    for calibration_seed in (0, 0, 1):
+        loaded = tiny("tiny-qwen2", seed=0)
+        scores = build(name).score(loaded.model, synthetic(loaded.tokenizer, seed=calibration_seed))
+        plan = allocate(PruningConfig(sparsity=0.4), scores, adapter_for(loaded.model).structures())
+        runs.append((scores, plan))
+    (first, plan_a), (second, plan_b), (other, _) = runs
+    for a, b in zip(first.layers, second.layers, strict=True):
+        assert torch.equal(a.heads, b.heads) and torch.equal(a.channels, b.channels)
+    assert plan_a.to_dict() == plan_b.to_dict()
+    assert not torch.equal(first.layers[0].channels, other.layers[0].channels)  # the data does matter
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("name", (*CALIBRATED, "magnitude", "random"))
+def test_every_scorer_prunes_every_architecture_at_every_granularity(name: str, arch: str) -> None:
+    loaded = tiny(arch)
+    scorer = build(name)
+    scores = scorer.score(loaded.model, synthetic(loaded.tokenizer))
+    structures = adapter_for(loaded.model).structures()
+    scores.check(structures, name)
+    ids = torch.randint(3, 259, (2, 16))
+    for granularity in GRANULARITIES:
+        model = copy.deepcopy(loaded.model)
+        plan = allocate(PruningConfig(sparsity=0.3, granularity=granularity), scores, structures)
+        scorer.compensate(model, plan)
+        apply_plan(model, plan, "slice")
+        assert plan.sparsity(structures) >= 0.3
+        if granularity == "none":
+            assert all(len(lp.q_heads) == structures[lp.index].num_q_heads for lp in plan.layers)
+        with torch.no_grad():
+            assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "value"),
+    [("rku", "objective", "kinetic"), ("rku", "normalisation", "zscore"), ("taylor", "scope", "block")],
+)
+def test_unknown_choices_are_errors_naming_the_field(name: str, field: str, value: str) -> None:
+    scorer = build(name, **{field: value})
+    with pytest.raises(ConfigError, match=f"'{value}' is not one of") as error:
+        scorer.check()
+    assert error.value.field == f"scorer.{field}"
+
+
+class Overflow(nn.Module):
+    """An activation that overflows, as fp16 can."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * float("inf")
+
+
+@pytest.mark.parametrize("name", CALIBRATED)
+def test_non_finite_activations_give_the_non_finite_scores_error(name: str, monkeypatch) -> None:
+    loaded = tiny("tiny-llama")
+    adapter = adapter_for(loaded.model)
+    monkeypatch.setattr(adapter.mlp_module(adapter.layers()[1]), "act_fn", Overflow())
+    scores = build(name).score(loaded.model, synthetic(loaded.tokenizer))
+    with pytest.raises(ConfigError, match=f"scorer: {name} produced non-finite"):
+        scores.check(adapter.structures(), name)
+
+
+def test_every_calibrated_scorer_asks_for_calibration() -> None:
+    assert all(SCORERS.get(name).cls.needs_calibration for name in CALIBRATED)
+    with pytest.raises(ConfigError, match="needs a calibration set"):
+        build("rku").score(tiny("tiny-llama").model, None)
