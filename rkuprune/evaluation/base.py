@@ -72,6 +72,16 @@ class Task:
 
 TASKS: Registry[Task] = Registry("task")
 
+MEAN3 = ("acc/gsm8k", "acc/mathqa", "acc/aqua")
+
+
+def derived_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics computed from others once every task has run: ``mean3`` when all three of its parts exist
+    (no task sees the others' results, so no task can compute it)."""
+    if all(key in metrics for key in MEAN3):
+        return {"mean3": sum(metrics[key] for key in MEAN3) / len(MEAN3)}
+    return {}
+
 
 def build_tasks(suite: BenchmarkConfig, data: DataConfig) -> dict[str, Task]:
     """Instantiate and check every task of the suite (before any model is loaded)."""
