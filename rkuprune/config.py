@@ -21,8 +21,11 @@ from rkuprune.data.calibration import CalibrationConfig
 from rkuprune.data.sources import DataConfig
 from rkuprune.evaluation.base import BenchmarkConfig
 from rkuprune.models.loading import ModelConfig
+from rkuprune.registry import import_submodules
 from rkuprune.scoring.base import ScorerConfig
 from rkuprune.tracking.trackers import LoggerConfig
+
+import_submodules("rkuprune.data")  # registers calibration sources, wherever they live in the package
 
 
 @dataclass

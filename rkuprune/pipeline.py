@@ -14,9 +14,11 @@ import torch
 from omegaconf import OmegaConf
 
 from rkuprune.allocation import allocate, check_feasible
+from rkuprune.allocation.schedule import run_iterative
 from rkuprune.config import RunConfig, config_hash
 from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationSet, CalibrationSource
-from rkuprune.evaluation.base import EvalContext, Task, build_tasks
+from rkuprune.errors import ConfigError
+from rkuprune.evaluation.base import EvalContext, Task, build_tasks, derived_metrics
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.io import save_pruned
 from rkuprune.models.loading import LoadedModel, cache_dir, check_model_config, load_model
@@ -49,6 +51,14 @@ def prepare(cfg: RunConfig) -> Stages:
     if scorer.needs_calibration:
         calibration = CALIBRATION_SOURCES.build(cfg.calibration, "calibration")
         calibration.check(cfg.data)
+    if cfg.pruning.regenerate_at:
+        if cfg.pruning.schedule != "iterative":
+            raise ConfigError("pruning.regenerate_at", "regeneration needs pruning.schedule=iterative; or set it to []")
+        if calibration is None or not calibration.regenerates:
+            raise ConfigError(
+                "pruning.regenerate_at",
+                f"calibration '{cfg.calibration.name}' cannot regenerate; use calibration=self_generated or set it to []",
+            )
     tasks = build_tasks(cfg.benchmark, cfg.data)
     tracker = TRACKERS.build(cfg.logger, "logger")
     tracker.check()
@@ -75,9 +85,9 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
         calibration = build_calibration(stages, loaded, cfg, record)
         dense = evaluate_dense(stages.tasks, loaded, cfg, ctx, record)
         with record.timed("score_s"):
-            scores = stages.scorer.score(loaded.model, calibration)
+            plan, loaded = select_units(cfg, loaded, stages, calibration, record, run_dir)
         with record.timed("prune_s"):
-            plan = prune(cfg, loaded, scores, record)
+            prune(cfg, loaded, plan, record, stages.scorer)
         with record.timed("eval_s"):
             metrics = evaluate(stages.tasks, loaded, ctx)
         finish(cfg, loaded, plan, metrics, dense, record, stages.tracker, run_dir)
@@ -104,17 +114,64 @@ def completed_results(run_dir: Path, wanted_hash: str) -> dict[str, Any] | None:
 def build_calibration(stages: Stages, loaded: LoadedModel, cfg: RunConfig, record: RunRecord) -> CalibrationSet | None:
     if stages.calibration is None:
         return None
-    calibration = stages.calibration.build(loaded.tokenizer, cfg.data)
+    calibration = stages.calibration.build(loaded.tokenizer, cfg.data, model=loaded.model)
     record.update("calibration", calibration.provenance)
     return calibration
 
 
-def prune(cfg: RunConfig, loaded: LoadedModel, scores: Any, record: RunRecord) -> PruningPlan:
-    """Allocate the budget over the scores and slice the model; record target and measured sparsity."""
+def select_units(
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    stages: Stages,
+    calibration: CalibrationSet | None,
+    record: RunRecord,
+    run_dir: Path,
+) -> tuple[PruningPlan, LoadedModel]:
+    """Score and allocate: once, or iteratively on the masked model (which may need the dense one back)."""
     structures = adapter_for(loaded.model).structures()
-    scores.check(structures, cfg.scorer.name)
-    plan = allocate(cfg.pruning, scores, structures, base_model=cfg.model.path or cfg.model.name)
+    base_model = cfg.model.path or cfg.model.name
+    if cfg.pruning.schedule == "oneshot":
+        scores = stages.scorer.score(loaded.model, calibration)
+        scores.check(structures, cfg.scorer.name)
+        return allocate(cfg.pruning, scores, structures, base_model=base_model), loaded
+
+    source = stages.calibration
+
+    def regenerate(model: Any, plan: PruningPlan) -> CalibrationSet:
+        assert source is not None
+        fresh = source.build(loaded.tokenizer, cfg.data, model=model, plan=plan)
+        record.data["calibration"].setdefault("regenerated", []).append(fresh.provenance)
+        return fresh
+
+    result = run_iterative(
+        loaded.model,
+        stages.scorer,
+        calibration,
+        cfg.pruning,
+        structures,
+        base_model,
+        regenerate if source is not None and source.regenerates else None,
+    )
+    for milestone, plan in result.milestone_plans.items():
+        plan.save(run_dir / "plans" / f"plan_at_{milestone:g}.json")
+    record.update(
+        "pruning",
+        {
+            "steps": cfg.pruning.steps,
+            "milestones_reached": sorted(result.milestone_plans),
+            "regenerations": result.regenerations,
+            "schedule_history": result.history,
+        },
+    )
+    if result.plan is not result.last_plan:  # an earlier plan is closer: slice it from the dense weights
+        loaded = load_model(cfg.model)
+    return result.plan, loaded
+
+
+def prune(cfg: RunConfig, loaded: LoadedModel, plan: PruningPlan, record: RunRecord, scorer: Scorer) -> None:
+    """Let the scorer compensate, slice the plan out of the model, record target and measured sparsity."""
     before = count_params(loaded.model)
+    scorer.compensate(loaded.model, plan)
     apply_plan(loaded.model, plan, "slice")
     after = count_params(loaded.model)
     plan.measured_sparsity = sparsity(before, after)
@@ -142,13 +199,13 @@ def prune(cfg: RunConfig, loaded: LoadedModel, scores: Any, record: RunRecord) -
             "schedule": cfg.pruning.schedule,
         },
     )
-    return plan
 
 
 def evaluate(tasks: dict[str, Task], loaded: LoadedModel, ctx: EvalContext) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for task in tasks.values():
         metrics.update(task.evaluate(loaded.model, loaded.tokenizer, ctx))
+    metrics.update(derived_metrics(metrics))
     return metrics
 
 
@@ -172,6 +229,7 @@ def evaluate_dense(
             if cfg.dense_cache:
                 write_json(path, values)
             dense.update(values)
+    dense.update(derived_metrics(dense))
     record.update("dense_metrics", dense)
     return dense
 

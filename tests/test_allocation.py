@@ -82,12 +82,13 @@ def test_q_head_removes_the_same_number_from_every_group() -> None:
 
 def test_protected_layers_are_untouched() -> None:
     structures = structures_of()
-    cfg = PruningConfig(sparsity=0.15, protected_layers=[1], protection_rule="gisp")
+    cfg = PruningConfig(sparsity=0.15, protected_layers=[0], protection_rule="gisp")
     plan = allocate(cfg, seeded_scores(structures), structures)
-    for index in (0, 1, 3):  # gisp rule: first ceil(10% of 4) = 1 layer and the last one
+    # explicit layer 0; the gisp rule protects the first int(10% of 4) = 0 layers and the last one
+    for index in (0, 3):
         assert plan.layers[index].mlp_channels == list(range(96))
         assert plan.layers[index].q_heads == list(range(8))
-    assert len(plan.layers[2].mlp_channels) < 96
+    assert len(plan.layers[1].mlp_channels) < 96 and len(plan.layers[2].mlp_channels) < 96
 
 
 def test_impossible_target_is_an_error_naming_the_field() -> None:

@@ -86,7 +86,7 @@ def test_regeneration_happens_exactly_at_crossed_milestones_with_the_pruned_mode
     calibration = source.build(loaded.tokenizer, DataConfig())
     history_at_call: list[int] = []
 
-    def regenerate(model):
+    def regenerate(model, plan):
         zeros = sum(int((p == 0).sum()) for p in model.parameters())
         history_at_call.append(zeros)
         return calibration

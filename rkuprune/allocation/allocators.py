@@ -67,7 +67,7 @@ def protected_layers(cfg: PruningConfig, num_layers: int) -> set[int]:
     if bad:
         raise ConfigError("pruning.protected_layers", f"layer {bad[0]} does not exist (the model has {num_layers})")
     if cfg.protection_rule == "gisp":
-        protected |= set(range(math.ceil(0.1 * num_layers))) | {num_layers - 1}
+        protected |= set(range(int(0.1 * num_layers))) | {num_layers - 1}  # as GISP: layers outside [L//10, L-1)
     return protected
 
 

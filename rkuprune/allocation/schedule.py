@@ -27,7 +27,7 @@ from rkuprune.models.structures import Structures
 from rkuprune.models.surgery import apply_plan
 from rkuprune.scoring.base import LayerScores, Scorer, Scores
 
-Regenerate = Callable[[nn.Module], CalibrationSet]
+Regenerate = Callable[[nn.Module, PruningPlan], CalibrationSet]  # the masked model and its plan
 
 
 @dataclass
@@ -101,7 +101,7 @@ def run_iterative(
         if crossed and step < cfg.steps:
             if regenerate is None:
                 raise ConfigError("pruning.regenerate_at", "this calibration source cannot regenerate; set it to []")
-            calibration = regenerate(model)
+            calibration = regenerate(model, plan)
             result.regenerations += 1
             result.history[-1]["regenerated"] = True
     result.last_plan = plan

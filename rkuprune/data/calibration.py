@@ -12,7 +12,7 @@ import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -62,9 +62,14 @@ class CalibrationSet:
 
 
 class CalibrationSource:
-    """Base class: ``check`` fails before model loading, ``build`` tokenises."""
+    """Base class: ``check`` fails before model loading, ``build`` tokenises.
+
+    ``build`` also receives the model and its current plan; only sources that generate their text
+    with the model (``regenerates``) use them.
+    """
 
     split = "train"
+    regenerates: ClassVar[bool] = False
 
     def __init__(self, cfg: CalibrationConfig) -> None:
         self.cfg = cfg
@@ -78,7 +83,7 @@ class CalibrationSource:
         if self.cfg.batch_size < 1:
             raise ConfigError("calibration.batch_size", "must be at least 1")
 
-    def build(self, tokenizer: Any, data: DataConfig) -> CalibrationSet:
+    def build(self, tokenizer: Any, data: DataConfig, *, model: Any = None, plan: Any = None) -> CalibrationSet:
         raise NotImplementedError
 
     def _provenance(self, calibration: CalibrationSet, **extra: Any) -> CalibrationSet:
@@ -90,6 +95,10 @@ class CalibrationSource:
             "num_tokens": calibration.num_tokens,
             **extra,
         }
+        return calibration
+
+    def _require_budget(self, calibration: CalibrationSet) -> CalibrationSet:
+        """Sources with a token budget must fill at least one sequence of it."""
         if calibration.num_tokens < self.cfg.seqlen:
             raise ConfigError(
                 "calibration.num_tokens",
@@ -107,7 +116,7 @@ class TextWindows(CalibrationSource):
     def text(self, data: DataConfig) -> str:
         raise NotImplementedError
 
-    def build(self, tokenizer: Any, data: DataConfig) -> CalibrationSet:
+    def build(self, tokenizer: Any, data: DataConfig, *, model: Any = None, plan: Any = None) -> CalibrationSet:
         ids = tokenizer(self.text(data), return_tensors="pt", add_special_tokens=False).input_ids[0]
         n = self.cfg.num_tokens // self.cfg.seqlen
         if ids.numel() <= self.cfg.seqlen:
@@ -116,7 +125,7 @@ class TextWindows(CalibrationSource):
         starts = [rng.randrange(0, ids.numel() - self.cfg.seqlen) for _ in range(n)]
         input_ids = torch.stack([ids[s : s + self.cfg.seqlen] for s in starts])
         ones = torch.ones_like(input_ids)
-        return self._provenance(CalibrationSet(input_ids, ones, ones.bool(), self.cfg.batch_size))
+        return self._require_budget(self._provenance(CalibrationSet(input_ids, ones, ones.bool(), self.cfg.batch_size)))
 
 
 class Questions(CalibrationSource):
@@ -125,7 +134,7 @@ class Questions(CalibrationSource):
     def texts(self, data: DataConfig) -> list[str]:
         raise NotImplementedError
 
-    def build(self, tokenizer: Any, data: DataConfig) -> CalibrationSet:
+    def build(self, tokenizer: Any, data: DataConfig, *, model: Any = None, plan: Any = None) -> CalibrationSet:
         texts = self.texts(data)
         random.Random(self.cfg.seed).shuffle(texts)
         rows: list[list[int]] = []
@@ -144,7 +153,7 @@ class Questions(CalibrationSource):
             input_ids[i, : len(row)] = torch.tensor(row)
             attention[i, : len(row)] = 1
         calibration = CalibrationSet(input_ids, attention, attention.bool(), self.cfg.batch_size)
-        return self._provenance(calibration, rows_available=len(texts))
+        return self._require_budget(self._provenance(calibration, rows_available=len(texts)))
 
 
 @CALIBRATION_SOURCES.register("synthetic", CalibrationConfig)

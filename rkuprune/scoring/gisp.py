@@ -1,0 +1,88 @@
+"""``gisp`` (arXiv 2510.18030) and ``resp`` (arXiv 2512.02185): |W ⊙ ḡ| per unit.
+
+ḡ is the signed mean gradient of the causal-LM loss over the calibration tokens (the loss mask
+decides which tokens count: for RESP's self-generated traces, only the generated ones). A query
+head sums |W ⊙ ḡ| over its q rows and o columns (k and v are shared under GQA and not counted), an
+MLP channel over its gate and up rows and its down column. Scores are divided by per-type
+constants, 4·head_dim·hidden for heads and 3·intermediate for channels, as the GISP reference does,
+so that heads and channels meet in one global ranking.
+
+Because the mean must be taken before the absolute value, ḡ is accumulated in fp32 for the five
+projections that are scored (q, o, gate, up, down) and reduced per unit once, after the pass.
+RESP is this scorer on self-generated calibration with regeneration; its YAML sets those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rkuprune.data.calibration import CalibrationSet
+from rkuprune.models.adapters import adapter_for
+from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
+from rkuprune.scoring.capture import run_calibration
+from rkuprune.scoring.objectives import OBJECTIVES
+
+
+@dataclass
+class GispConfig(ScorerConfig):
+    name: str = "gisp"
+
+
+@dataclass
+class RespConfig(GispConfig):
+    name: str = "resp"
+
+
+@dataclass
+class RespNoRegenConfig(GispConfig):
+    name: str = "resp_no_regen"
+
+
+@SCORERS.register("gisp", GispConfig)
+class GispScorer(Scorer):
+    needs_calibration = True
+
+    def score(self, model: nn.Module, calibration: CalibrationSet | None) -> Scores:
+        adapter = adapter_for(model)
+        structures = adapter.structures()
+        projections = []
+        for layer in adapter.layers():
+            attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+            projections.append((attn.q, attn.o, mlp.gate, mlp.up, mlp.down))
+        weights = [linear.weight for group in projections for linear in group]
+        mean_grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+
+        def accumulate(grads: tuple[torch.Tensor, ...]) -> None:
+            for total, grad in zip(mean_grads, grads, strict=True):
+                total += grad.float()
+
+        # The objective is already divided by the calibration's token count, so the sum is the mean.
+        run_calibration(
+            model, calibration, objective=OBJECTIVES["lm_loss"], weights=weights, on_weight_grads=accumulate
+        )
+        layers = []
+        for index, s in enumerate(structures.layers):
+            group = slice(5 * index, 5 * index + 5)
+            q, o, gate, up, down = (
+                (w.detach().float() * g).abs() for w, g in zip(weights[group], mean_grads[group], strict=True)
+            )
+            heads = q.view(s.num_q_heads, -1).sum(dim=1) + o.view(-1, s.num_q_heads, s.head_dim).sum(dim=(0, 2))
+            channels = gate.sum(dim=1) + up.sum(dim=1) + down.sum(dim=0)
+            layers.append(
+                LayerScores(
+                    heads=(heads / (4 * s.head_dim * s.hidden_size)).cpu(),
+                    channels=(channels / (3 * s.intermediate_size)).cpu(),
+                )
+            )
+        return Scores(layers)
+
+
+@SCORERS.register("resp", RespConfig)
+class RespScorer(GispScorer):
+    """GISP scoring; what makes RESP is its calibration (self-generated, regenerated), set by its YAML."""
+
+
+SCORERS.register("resp_no_regen", RespNoRegenConfig)(RespScorer)

@@ -1,0 +1,92 @@
+"""GISP/RESP scores equal |W * mean gradient| computed directly with autograd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationConfig
+from rkuprune.data.sources import DataConfig
+from rkuprune.models.adapters import adapter_for
+from rkuprune.scoring import SCORERS
+from rkuprune.scoring.gisp import GispConfig
+from tests.conftest import tiny
+
+
+def test_gisp_equals_a_direct_computation() -> None:
+    loaded = tiny("tiny-qwen3")
+    model = loaded.model
+    source = CALIBRATION_SOURCES.build(CalibrationConfig(name="synthetic", num_tokens=300, seqlen=64, batch_size=3))
+    calibration = source.build(loaded.tokenizer, DataConfig())
+    # Count only part of each row, as RESP's decode-only mask does, to check the mask is honoured.
+    calibration.loss_mask[:, :10] = False
+    scores = SCORERS.build(GispConfig()).score(model, calibration)
+
+    ids, attention, counted = calibration.input_ids, calibration.attention_mask, calibration.loss_mask
+    logits = model(input_ids=ids, attention_mask=attention).logits.float()
+    targets = (attention.bool() & counted)[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    loss = nll[targets].mean()
+    adapter = adapter_for(model)
+    layer = adapter.layers()[1]
+    attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+    grads = torch.autograd.grad(loss, [attn.q.weight, attn.o.weight, mlp.gate.weight, mlp.up.weight, mlp.down.weight])
+    q, o, gate, up, down = (
+        (w * g).abs()
+        for w, g in zip(
+            [attn.q.weight, attn.o.weight, mlp.gate.weight, mlp.up.weight, mlp.down.weight], grads, strict=True
+        )
+    )
+    s = adapter.structures()[1]
+    head = 5
+    rows = slice(head * s.head_dim, (head + 1) * s.head_dim)
+    expected_head = (q[rows].sum() + o[:, rows].sum()) / (4 * s.head_dim * s.hidden_size)
+    channel = 17
+    expected_channel = (gate[channel].sum() + up[channel].sum() + down[:, channel].sum()) / (3 * s.intermediate_size)
+    torch.testing.assert_close(scores.layers[1].heads[head], expected_head.detach(), rtol=1e-4, atol=1e-12)
+    torch.testing.assert_close(scores.layers[1].channels[channel], expected_channel.detach(), rtol=1e-4, atol=1e-12)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_gisp_and_resp_run_end_to_end_and_record_the_schedule(tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    from tests.test_app import run_cli
+
+    monkeypatch.setenv("RKUPRUNE_CACHE", str(tmp_path / "cache"))
+    common = ["model=tiny-qwen2", "logger=none", "benchmark=none", "pruning.steps=4", "pruning.sparsity=0.4"]
+    resp_dir, gisp_dir = tmp_path / "resp", tmp_path / "gisp"
+    resp_args = ["scorer=resp", "calibration.questions=synthetic", "calibration.num_prompts=4"]
+    resp_args += ["calibration.max_new_tokens=8", f"hydra.run.dir={resp_dir}"]
+    code, _, err = run_cli([*common, *resp_args], monkeypatch, capsys)
+    assert code == 0, err
+    code, _, err = run_cli([*common, "scorer=gisp", f"hydra.run.dir={gisp_dir}"], monkeypatch, capsys)
+    assert code == 0, err
+    resp = json.loads((resp_dir / "results.json").read_text())
+    gisp = json.loads((gisp_dir / "results.json").read_text())
+    for results in (resp, gisp):
+        pruning = results["pruning"]
+        history = pruning["schedule_history"]
+        assert pruning["schedule"] == "iterative" and len(history) == 4
+        assert [row["measured_sparsity"] for row in history] == sorted(row["measured_sparsity"] for row in history)
+        assert pruning["measured_sparsity"] == pytest.approx(history[-1]["measured_sparsity"])
+        assert pruning["milestones_reached"] == [
+            m for m in (0.1, 0.2, 0.3, 0.4, 0.5) if m <= history[-1]["measured_sparsity"]
+        ]
+    crossings = [row["step"] for row in resp["pruning"]["schedule_history"] if row.get("regenerated")]
+    assert resp["pruning"]["regenerations"] == len(crossings) == len(resp["calibration"]["regenerated"]) >= 1
+    assert gisp["pruning"]["regenerations"] == 0
+    assert resp["calibration"]["source"] == "self_generated" and resp["calibration"]["generated_tokens"] > 0
+    assert sorted(p.name for p in (resp_dir / "plans").iterdir()) == [
+        f"plan_at_{m:g}.json" for m in resp["pruning"]["milestones_reached"]
+    ]
+
+
+def test_regeneration_with_a_fixed_calibration_is_refused_before_loading(tmp_path, monkeypatch, capsys) -> None:
+    from tests.test_app import run_cli
+
+    args = ["model=tiny-llama", "logger=none", "scorer=resp", "calibration=synthetic", f"hydra.run.dir={tmp_path}"]
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert code == 2
+    assert err.startswith("error: pruning.regenerate_at: calibration 'synthetic' cannot regenerate")
+    assert not (tmp_path / "results.json").exists()
