@@ -44,8 +44,15 @@ def test_every_shipped_config_composes_and_validates(group: str, option: str) ->
 
 
 def test_every_model_scorer_benchmark_combination_composes() -> None:
-    for model, scorer, benchmark in itertools.product(options("model"), options("scorer"), options("benchmark")):
-        run = compose_run([f"model={model}", f"scorer={scorer}", f"benchmark={benchmark}"])
+    combinations = list(itertools.product(options("model"), options("scorer"), options("benchmark")))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # once: the costly part
+        configs = [
+            compose(config_name="config", overrides=[f"model={m}", f"scorer={s}", f"benchmark={b}"])
+            for m, s, b in combinations
+        ]
+    for (model, scorer, benchmark), cfg in zip(combinations, configs, strict=True):
+        run = OmegaConf.to_object(cfg)
+        assert run.model.name == OmegaConf.load(CONF / "model" / f"{model}.yaml").name
         assert run.benchmark.name == benchmark
         # a preset such as rku_iterative runs a registered scorer (rku) inside another schedule
         assert SCORERS.build(run.scorer).cfg.name in (scorer, scorer.removesuffix("_iterative"))
