@@ -56,7 +56,7 @@ def test_gisp_and_resp_run_end_to_end_and_record_the_schedule(tmp_path, monkeypa
     monkeypatch.setenv("RKUPRUNE_CACHE", str(tmp_path / "cache"))
     common = ["model=tiny-qwen2", "logger=none", "benchmark=none", "pruning.steps=4", "pruning.sparsity=0.4"]
     resp_dir, gisp_dir = tmp_path / "resp", tmp_path / "gisp"
-    resp_args = ["scorer=resp", "calibration.questions=synthetic", "calibration.num_prompts=4"]
+    resp_args = ["scorer=resp", "calibration.num_prompts=4"]  # offline default: the project's word problems
     resp_args += ["calibration.max_new_tokens=8", f"hydra.run.dir={resp_dir}"]
     code, _, err = run_cli([*common, *resp_args], monkeypatch, capsys)
     assert code == 0, err
@@ -77,6 +77,7 @@ def test_gisp_and_resp_run_end_to_end_and_record_the_schedule(tmp_path, monkeypa
     assert resp["pruning"]["regenerations"] == len(crossings) == len(resp["calibration"]["regenerated"]) >= 1
     assert gisp["pruning"]["regenerations"] == 0
     assert resp["calibration"]["source"] == "self_generated" and resp["calibration"]["generated_tokens"] > 0
+    assert resp["calibration"]["questions"] == "synthetic"
     assert sorted(p.name for p in (resp_dir / "plans").iterdir()) == [
         f"plan_at_{m:g}.json" for m in resp["pruning"]["milestones_reached"]
     ]

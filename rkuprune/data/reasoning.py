@@ -42,20 +42,6 @@ class Question:
     solution: str = ""
 
 
-def numbered_json_lines(path: Path) -> list[tuple[int, Any]]:
-    """(line number, value) for each non-blank line of a JSON Lines file."""
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-    return rows
-
-
 def numbered_json_array(path: Path) -> list[tuple[int, Any]]:
     """(line number where the element starts, element) for a file holding one JSON array; json.load
     alone cannot say which line a malformed element is on."""
@@ -193,7 +179,7 @@ def load_questions(dataset: str, split: str, data: DataConfig) -> list[Question]
     if path is not None:
         if not path.is_file():
             raise DataError(f"{path}: missing; point data.root at a folder with the DESIGN.md layout")
-        rows = numbered_json_array(path) if dataset == "mathqa" else numbered_json_lines(path)
+        rows = numbered_json_array(path) if dataset == "mathqa" else sources.numbered_json_lines(path)
         return [parse(row, i, split, f"{path}:{line}") for i, (line, row) in enumerate(rows)]
     from datasets import load_dataset
 

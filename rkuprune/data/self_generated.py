@@ -32,7 +32,7 @@ class SelfGeneratedConfig(CalibrationConfig):
     """Defaults fit a CPU; the RESP paper's budget is 500 prompts and 2048-token traces (resp_table)."""
 
     name: str = "self_generated"
-    questions: str = "gsm8k"  # gsm8k (train split) | synthetic (offline)
+    questions: str = "synthetic"  # synthetic (offline default) | gsm8k (train split, as in the paper)
     num_prompts: int = 16
     max_new_tokens: int = 96
     do_sample: bool = True
@@ -117,7 +117,9 @@ class SelfGenerated(CalibrationSource):
             empty_traces=len(questions) - len(kept),
             generated_tokens=generated_tokens,
             loss_tokens=int(calibration.loss_mask.sum()),
-            sampling={k: v for k, v in asdict(self.cfg).items() if k not in {"name", "seqlen", "batch_size"}},
+            sampling={
+                k: v for k, v in asdict(self.cfg).items() if k not in {"name", "seqlen", "batch_size", "num_tokens"}
+            },
         )
 
     def _answers(self, model: Any, tokenizer: Any, texts: list[str], plan: Any) -> tuple[list[list[int]], int]:

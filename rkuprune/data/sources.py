@@ -68,19 +68,27 @@ def require_available(data: DataConfig, dataset: str, split: str, field: str) ->
         )
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
+def numbered_json_lines(path: Path) -> list[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of a JSON Lines file, so errors can name the line."""
     rows = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                rows.append((number, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object per line")
-            rows.append(row)
+    return rows
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The objects of a JSON Lines file; a line that is not an object is a DataError naming it."""
+    rows = []
+    for number, row in numbered_json_lines(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object per line")
+        rows.append(row)
     return rows
 
 

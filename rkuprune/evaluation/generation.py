@@ -16,13 +16,17 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# transformers 5.x renamed the key/value cache from past_key_values to cache (the old name warns until 6.0).
+CACHE_KEY = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,7 @@ def generate(
     device = next(model.parameters()).device
     start = time.perf_counter()
     shared = common_prefix_length(encoded) if reuse_prefix else 0
-    prefix_cache = (
-        model(input_ids=torch.tensor([encoded[0][:shared]], device=device)).past_key_values if shared else None
-    )
+    prefix_cache = model(input_ids=torch.tensor([encoded[0][:shared]], device=device))[CACHE_KEY] if shared else None
     torch.manual_seed(seed)
     results: list[Completion | None] = [None] * len(prompts)
     total = 0
@@ -134,7 +136,7 @@ def generate(
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
-            past_key_values=cache,
+            **{CACHE_KEY: cache},
             generation_config=config,
             tokenizer=tokenizer if stop else None,
         )
