@@ -305,6 +305,23 @@ def test_batched_padded_generation_matches_one_at_a_time(arch: str, shared: str)
     assert stats.new_tokens == sum(c.num_tokens for c in batched) and 0 < stats.new_tokens <= 18
 
 
+@pytest.mark.parametrize("pad_is_eos", [False, True])
+def test_a_row_halted_by_a_stop_string_counts_the_same_tokens_in_a_batch(pad_is_eos: bool) -> None:
+    """In a batch, a row stopped by a stop string is padded while the others go on; the padding is
+    not a generated token, also when the pad id is the EOS id (as in SmolLM2)."""
+    loaded = tiny("tiny-llama")
+    if pad_is_eos:
+        loaded.tokenizer.pad_token = loaded.tokenizer.eos_token
+    prompts = ["Question: 1+1?\nAnswer:", "Q: a much longer prompt, padded?", "Hi"]
+    early = generate(loaded.model, loaded.tokenizer, prompts[:1], Sampling(max_new_tokens=3), batch_size=1)[0][0]
+    stop = [early.text[-2:]]
+    sampling = Sampling(max_new_tokens=10)
+    batched, _ = generate(loaded.model, loaded.tokenizer, prompts, sampling, batch_size=3, stop=stop)
+    single = [generate(loaded.model, loaded.tokenizer, [p], sampling, batch_size=1, stop=stop)[0][0] for p in prompts]
+    assert batched[0].num_tokens <= 3 < max(c.num_tokens for c in batched)  # row 0 was padded
+    assert batched == single
+
+
 def test_common_prefix_leaves_every_prompt_a_token() -> None:
     assert common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3]]) == 2
     assert common_prefix_length([[1, 2], [3]]) == 0 and common_prefix_length([[1, 2, 3]]) == 0

@@ -141,10 +141,16 @@ def generate(
             tokenizer=tokenizer if stop else None,
         )
         for row, i in enumerate(batch):
-            # A row ends at EOS (counted) or where generate padded it after a stop string (not counted).
+            # A row ends at EOS (counted) or where generate padded it after a stop string (not
+            # counted). When the pad id is an EOS id only the text tells them apart: a row whose
+            # text already holds a stop string was padded, since generation halts at the first one.
             new = out[row, width:].tolist()
             ended = next((k for k, t in enumerate(new) if t in eos or t == pad_id), None)
-            count = len(new) if ended is None else ended + (new[ended] in eos)
+            if ended is None:
+                count = len(new)
+            else:
+                stopped = any(s in tokenizer.decode(new[:ended]) for s in stop)
+                count = ended + (new[ended] in eos and not stopped)
             text = tokenizer.decode(new[:count], skip_special_tokens=True)
             results[i] = Completion(truncate_at_stop(text, stop), count)
             total += count
