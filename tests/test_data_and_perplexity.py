@@ -56,6 +56,18 @@ def test_question_source_pads_right_and_masks_padding() -> None:
     assert torch.equal(calibration.loss_mask, calibration.attention_mask.bool())
 
 
+def test_batches_drop_only_columns_that_are_padding_in_every_row_of_the_batch() -> None:
+    calibration = build("synthetic", seqlen=256)
+    widths, real = [], 0
+    for start, batch in zip(range(0, len(calibration), 4), calibration.batches(), strict=True):
+        lengths = calibration.attention_mask[start : start + 4].sum(1)
+        assert batch["input_ids"].shape[1] == lengths.max()
+        assert torch.equal(batch["input_ids"], calibration.input_ids[start : start + 4, : int(lengths.max())])
+        widths.append(batch["input_ids"].shape[1])
+        real += int(batch["attention_mask"].sum())
+    assert real == calibration.num_tokens and min(widths) < calibration.input_ids.shape[1]
+
+
 def test_too_few_tokens_is_an_error() -> None:
     with pytest.raises(ConfigError, match=r"calibration\.num_tokens: 32 is fewer than one sequence"):
         build("synthetic", num_tokens=32, seqlen=64)

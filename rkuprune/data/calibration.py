@@ -52,12 +52,17 @@ class CalibrationSet:
         return self.input_ids.shape[0]
 
     def batches(self, device: torch.device | str = "cpu") -> Iterator[dict[str, torch.Tensor]]:
+        """Batches cut after their last column with a real token: the set is padded to its longest
+        row overall, and running that padding through the model was 1.6x the token positions on
+        ``q16k``."""
         for start in range(0, len(self), self.batch_size):
             end = start + self.batch_size
+            used = self.attention_mask[start:end].any(dim=0).nonzero()
+            width = int(used[-1]) + 1 if len(used) else self.input_ids.shape[1]
             yield {
-                "input_ids": self.input_ids[start:end].to(device),
-                "attention_mask": self.attention_mask[start:end].to(device),
-                "loss_mask": self.loss_mask[start:end].to(device),
+                "input_ids": self.input_ids[start:end, :width].to(device),
+                "attention_mask": self.attention_mask[start:end, :width].to(device),
+                "loss_mask": self.loss_mask[start:end, :width].to(device),
             }
 
 
