@@ -44,6 +44,22 @@ class CalibrationSet:
     batch_size: int
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def right_padded(
+        cls, rows: list[list[int]], pad_id: int, batch_size: int, loss_starts: list[int] | None = None
+    ) -> CalibrationSet:
+        """Rows padded on the right to the longest; the loss mask covers each row from its
+        ``loss_starts`` entry (default 0: every real token) to its end."""
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        loss_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention[i, : len(row)] = 1
+            loss_mask[i, (loss_starts[i] if loss_starts else 0) : len(row)] = True
+        return cls(input_ids, attention, loss_mask, batch_size)
+
     @property
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
@@ -150,14 +166,8 @@ class Questions(CalibrationSource):
             total += len(ids)
             if total >= self.cfg.num_tokens:
                 break
-        width = max(len(r) for r in rows)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            attention[i, : len(row)] = 1
-        calibration = CalibrationSet(input_ids, attention, attention.bool(), self.cfg.batch_size)
+        calibration = CalibrationSet.right_padded(rows, pad, self.cfg.batch_size)
         return self._require_budget(self._provenance(calibration, rows_available=len(texts)))
 
 

@@ -15,8 +15,6 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-import torch
-
 from rkuprune.data import sources
 from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationConfig, CalibrationSet, CalibrationSource
 from rkuprune.data.sources import DataConfig
@@ -57,15 +55,7 @@ def chat_prompt(tokenizer: Any, question: str, enable_thinking: bool) -> str:
 def decode_only_batch(prompts: list[list[int]], answers: list[list[int]], pad_id: int, seqlen: int) -> CalibrationSet:
     """Right-padded prompt+answer rows whose loss mask covers the answer tokens only."""
     rows = [(p + a)[:seqlen] for p, a in zip(prompts, answers, strict=True)]
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True)):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        attention[i, : len(row)] = 1
-        loss_mask[i, len(prompt) : len(row)] = True
-    return CalibrationSet(input_ids, attention, loss_mask, batch_size=1)
+    return CalibrationSet.right_padded(rows, pad_id, batch_size=1, loss_starts=[len(p) for p in prompts])
 
 
 @CALIBRATION_SOURCES.register("self_generated", SelfGeneratedConfig)

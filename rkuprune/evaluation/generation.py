@@ -149,7 +149,8 @@ def generate(
             if ended is None:
                 count = len(new)
             else:
-                stopped = any(s in tokenizer.decode(new[:ended]) for s in stop)
+                before = tokenizer.decode(new[:ended]) if stop else ""
+                stopped = any(s in before for s in stop)
                 count = ended + (new[ended] in eos and not stopped)
             text = tokenizer.decode(new[:count], skip_special_tokens=True)
             results[i] = Completion(truncate_at_stop(text, stop), count)
