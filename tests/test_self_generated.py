@@ -63,7 +63,7 @@ def test_traces_are_cached_by_model_plan_and_settings(tmp_path, monkeypatch) -> 
     def no_generation(*args: object, **kwargs: object) -> None:
         raise AssertionError("generated again despite the cache")
 
-    monkeypatch.setattr("rkuprune.evaluation.generation.generate", no_generation)
+    monkeypatch.setattr("rkuprune.generation.generate", no_generation)
     second = source().build(loaded.tokenizer, DataConfig(), model=loaded.model)
     assert torch.equal(first.input_ids, second.input_ids)
     with pytest.raises(AssertionError, match="generated again"):
@@ -78,7 +78,7 @@ def test_a_model_without_a_chat_template_is_refused() -> None:
 
 
 def test_empty_generations_are_an_error(monkeypatch) -> None:
-    from rkuprune.evaluation import generation
+    from rkuprune import generation
 
     loaded = tiny("tiny-llama")
     empty = ([generation.Completion("", 0)] * 3, generation.GenerationStats(3, 0, 1.0))

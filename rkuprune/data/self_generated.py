@@ -114,7 +114,7 @@ class SelfGenerated(CalibrationSource):
 
     def _answers(self, model: Any, tokenizer: Any, texts: list[str], plan: Any) -> tuple[list[list[int]], int]:
         """Generated token ids per question (cached on disk by model, plan and settings)."""
-        from rkuprune.evaluation.generation import Sampling, generate
+        from rkuprune.generation import Sampling, generate
         from rkuprune.models.loading import cache_dir
 
         key_data = {
