@@ -57,6 +57,7 @@ def test_gisp_and_resp_run_end_to_end_and_record_the_schedule(tmp_path, monkeypa
 
     monkeypatch.setenv("RKUPRUNE_CACHE", str(tmp_path / "cache"))
     common = ["model=tiny-qwen2", "logger=none", "benchmark=none", "pruning.steps=4", "pruning.sparsity=0.4"]
+    common += ["pruning.trajectory_end=0.5"]  # the tiny models cannot reach GISP's 0.7
     resp_dir, gisp_dir = tmp_path / "resp", tmp_path / "gisp"
     resp_args = ["scorer=resp", "calibration.num_prompts=4"]  # offline default: the project's word problems
     resp_args += ["calibration.max_new_tokens=8", f"hydra.run.dir={resp_dir}"]
@@ -70,8 +71,11 @@ def test_gisp_and_resp_run_end_to_end_and_record_the_schedule(tmp_path, monkeypa
         pruning = results["pruning"]
         history = pruning["schedule_history"]
         assert pruning["schedule"] == "iterative" and len(history) == 4
+        assert [row["target"] for row in history] == pytest.approx([0.125, 0.25, 0.375, 0.5])
         assert [row["measured_sparsity"] for row in history] == sorted(row["measured_sparsity"] for row in history)
-        assert pruning["measured_sparsity"] == pytest.approx(history[-1]["measured_sparsity"])
+        # the plan of the step closest to 0.4, sliced from the dense weights (the model was masked further)
+        assert pruning["plan_step"] == 3 and pruning["trajectory_end"] == 0.5 and not pruning["trajectory_cached"]
+        assert pruning["measured_sparsity"] == pytest.approx(history[2]["measured_sparsity"])
         assert pruning["milestones_reached"] == [
             m for m in (0.1, 0.2, 0.3, 0.4, 0.5) if m <= history[-1]["measured_sparsity"]
         ]
@@ -83,6 +87,40 @@ def test_gisp_and_resp_run_end_to_end_and_record_the_schedule(tmp_path, monkeypa
     assert sorted(p.name for p in (resp_dir / "plans").iterdir()) == [
         f"plan_at_{m:g}.json" for m in resp["pruning"]["milestones_reached"]
     ]
+
+
+def test_a_sweep_reads_every_target_from_one_cached_trajectory(tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    from rkuprune.allocation.schedule import Trajectory
+    from rkuprune.models.plan import PruningPlan
+    from rkuprune.scoring.gisp import GispScorer
+    from tests.test_app import run_cli
+
+    monkeypatch.setenv("RKUPRUNE_CACHE", str(tmp_path / "cache"))
+    common = ["model=tiny-llama", "logger=none", "benchmark=none", "scorer=gisp", "pruning.steps=5"]
+    common += ["pruning.trajectory_end=0.5", "calibration.num_tokens=256", "calibration.seqlen=64"]
+    code, _, err = run_cli([*common, "pruning.sparsity=0.2", f"hydra.run.dir={tmp_path / 'a'}"], monkeypatch, capsys)
+    assert code == 0, err
+
+    def no_scoring(*args: object, **kwargs: object) -> None:
+        raise AssertionError("scored again despite the cached trajectory")
+
+    monkeypatch.setattr(GispScorer, "score", no_scoring)
+    code, _, err = run_cli([*common, "pruning.sparsity=0.3", f"hydra.run.dir={tmp_path / 'b'}"], monkeypatch, capsys)
+    assert code == 0, err
+    (cached,) = (tmp_path / "cache" / "trajectories").glob("*.json")
+    trajectory = Trajectory.load(cached)
+    for run, target in (("a", 0.2), ("b", 0.3)):
+        pruning = json.loads((tmp_path / run / "results.json").read_text())["pruning"]
+        assert pruning["trajectory_cached"] == (run == "b")
+        assert pruning["plan_step"] == trajectory.closest_step(target)
+        plan = PruningPlan.load(tmp_path / run / "pruning_plan.json")
+        assert plan.layers == trajectory.plan(pruning["plan_step"]).layers
+        assert plan.metadata["trajectory_step"] == pruning["plan_step"]
+    # another schedule is another trajectory: scoring is needed (and refused here)
+    with pytest.raises(AssertionError, match="scored again"):
+        run_cli([*common, "pruning.steps=4", f"hydra.run.dir={tmp_path / 'c'}"], monkeypatch, capsys)
 
 
 def test_regeneration_with_a_fixed_calibration_is_refused_before_loading(tmp_path, monkeypatch, capsys) -> None:
