@@ -1,8 +1,9 @@
 """RESP calibration: the model answers train questions through its own chat template and the loss
 counts only the tokens it generated (the "decode-only" loss mask).
 
-The prompt is tokenised from the chat template and the generated text separately, and the two id
-sequences are concatenated, so the mask boundary is exact. Traces are cached on disk keyed by the
+The prompt is tokenised from the chat template and followed by the ids the model generated (never
+re-tokenised from the decoded text), so the mask boundary is exact; a trace ends with EOS only when
+the model generated it, not when the token limit cut it. Traces are cached on disk keyed by the
 model, the plan it was pruned with and the generation settings; the iterative schedule asks for new
 traces from the pruned model when sparsity crosses ``pruning.regenerate_at``.
 """
@@ -118,6 +119,7 @@ class SelfGenerated(CalibrationSource):
         from rkuprune.models.loading import cache_dir
 
         key_data = {
+            "format": 2,  # answers are the generated ids (format 1 re-tokenised the text and always added EOS)
             "model": getattr(model.config, "_name_or_path", ""),
             "plan": plan.to_dict()["layers"] if plan is not None else "dense",
             "settings": asdict(self.cfg),
@@ -145,11 +147,7 @@ class SelfGenerated(CalibrationSource):
             seed=self.cfg.seed,
             desc="self-generated traces",
         )
-        eos = tokenizer.eos_token_id
-        answers = [
-            tokenizer(c.text, add_special_tokens=False).input_ids + ([eos] if c.text and eos is not None else [])
-            for c in completions
-        ]
+        answers = [list(c.ids) for c in completions]
         if self.cfg.cache:
             write_json(path, {"answers": answers, "generated_tokens": stats.new_tokens})
         return answers, stats.new_tokens
