@@ -53,6 +53,20 @@ def chat_prompt(tokenizer: Any, question: str, enable_thinking: bool) -> str:
     )
 
 
+def require_chat_template(tokenizer: Any, source: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            "calibration", f"{source} needs a chat template and this model's tokenizer has none; use q16k"
+        )
+
+
+def gsm8k_train_rows(data: DataConfig, n: int, seed: int) -> list[dict[str, str]]:
+    """``n`` GSM8K train rows drawn by seed (every row when there are fewer)."""
+    rows = sources.gsm8k_rows(data, "train")
+    picked = random.Random(seed).sample(range(len(rows)), min(n, len(rows)))
+    return [rows[i] for i in picked]
+
+
 def decode_only_batch(prompts: list[list[int]], answers: list[list[int]], pad_id: int, seqlen: int) -> CalibrationSet:
     """Right-padded prompt+answer rows whose loss mask covers the answer tokens only."""
     rows = [(p + a)[:seqlen] for p, a in zip(prompts, answers, strict=True)]
@@ -77,17 +91,12 @@ class SelfGenerated(CalibrationSource):
     def questions(self, data: DataConfig) -> list[str]:
         if self.cfg.questions == "synthetic":
             return [p.question for p in word_problems(self.cfg.num_prompts, self.cfg.seed, "train")]
-        rows = sources.gsm8k_rows(data, "train")
-        picked = random.Random(self.cfg.seed).sample(range(len(rows)), min(self.cfg.num_prompts, len(rows)))
-        return [rows[i]["question"] for i in picked]
+        return [row["question"] for row in gsm8k_train_rows(data, self.cfg.num_prompts, self.cfg.seed)]
 
     def build(self, tokenizer: Any, data: DataConfig, *, model: Any = None, plan: Any = None) -> CalibrationSet:
         if model is None:
             raise ConfigError("calibration", "self_generated needs the model to answer its questions")
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError(
-                "calibration", "self_generated needs a chat template and this model's tokenizer has none; use q16k"
-            )
+        require_chat_template(tokenizer, self.cfg.name)
         questions = self.questions(data)
         texts = [chat_prompt(tokenizer, q, self.cfg.enable_thinking) for q in questions]
         # generate() tokenises the same texts the same way, so these ids are exactly the prompt it saw
