@@ -5,6 +5,7 @@ config -> load model -> build calibration -> score -> allocate -> apply (slice) 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from rkuprune.scoring.base import SCORERS, Scorer
 from rkuprune.tracking.atomic import write_json
 from rkuprune.tracking.records import RESULTS_FILE, RunRecord
 from rkuprune.tracking.trackers import TRACKERS, Tracker
+from rkuprune.versions import versions
 
 
 @dataclass
@@ -185,7 +187,8 @@ def trajectory_path(cfg: RunConfig) -> Path | None:
     """Where the trajectory of this model, scorer, calibration and schedule is cached (None: caching off).
 
     The target is not part of the key when the trajectory has a fixed end, so every target of a
-    sweep reads the same file; like the dense metrics, the cache assumes the code did not change.
+    sweep reads the same file. The package's source and versions are part of it: a trajectory is
+    reused only by the code that made it.
     """
     if not cfg.pruning.trajectory_cache:
         return None
@@ -193,10 +196,18 @@ def trajectory_path(cfg: RunConfig) -> Path | None:
     for name in ("sparsity", "milestones", "trajectory_cache"):
         schedule.pop(name)
     schedule["trajectory_end"] = trajectory_end(cfg.pruning)
-    parts = {"pruning": schedule, "data": str(cfg.data.root), "seed": cfg.seed}
+    parts = {"pruning": schedule, "data": str(cfg.data.root), "seed": cfg.seed, "code": source_digest(), **versions()}
     for group in ("model", "scorer", "calibration"):
         parts[group] = OmegaConf.to_container(OmegaConf.structured(getattr(cfg, group)))
     return cache_dir() / "trajectories" / f"{config_hash(parts)}.json"
+
+
+def source_digest() -> str:
+    """A hash of every Python file of the package."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def prune(cfg: RunConfig, loaded: LoadedModel, plan: PruningPlan, record: RunRecord, scorer: Scorer) -> None:
