@@ -5,6 +5,7 @@ config -> load model -> build calibration -> score -> allocate -> apply (slice) 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rkuprune.allocation import allocate, check_feasible
-from rkuprune.allocation.schedule import run_iterative
+from rkuprune.allocation.schedule import Trajectory, run_iterative, trajectory_end
 from rkuprune.config import RunConfig, config_hash
 from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationSet, CalibrationSource
 from rkuprune.errors import ConfigError
@@ -29,6 +30,7 @@ from rkuprune.scoring.base import SCORERS, Scorer
 from rkuprune.tracking.atomic import write_json
 from rkuprune.tracking.records import RESULTS_FILE, RunRecord
 from rkuprune.tracking.trackers import TRACKERS, Tracker
+from rkuprune.versions import versions
 
 
 @dataclass
@@ -139,33 +141,73 @@ def select_units(
 
     def regenerate(model: Any, plan: PruningPlan) -> CalibrationSet:
         assert source is not None
-        fresh = source.build(loaded.tokenizer, cfg.data, model=model, plan=plan)
-        record.data["calibration"].setdefault("regenerated", []).append(fresh.provenance)
-        return fresh
+        return source.build(loaded.tokenizer, cfg.data, model=model, plan=plan)
 
-    result = run_iterative(
-        loaded.model,
-        stages.scorer,
-        calibration,
-        cfg.pruning,
-        structures,
-        base_model,
-        regenerate if source is not None and source.regenerates else None,
-    )
-    for milestone, plan in result.milestone_plans.items():
-        plan.save(run_dir / "plans" / f"plan_at_{milestone:g}.json")
+    path = trajectory_path(cfg)
+    cached = path is not None and path.is_file()
+    if cached:  # the same trajectory for another target of a sweep: no re-scoring, the model stays dense
+        trajectory = Trajectory.load(path)
+    else:
+        trajectory = run_iterative(
+            loaded.model,
+            stages.scorer,
+            calibration,
+            cfg.pruning,
+            structures,
+            base_model,
+            regenerate if source is not None and source.regenerates else None,
+        )
+        if path is not None:
+            trajectory.save(path)
+    step = trajectory.closest_step(cfg.pruning.sparsity)
+    milestones = trajectory.milestone_steps(cfg.pruning.milestones)
+    for milestone, at in milestones.items():
+        trajectory.plan(at).save(run_dir / "plans" / f"plan_at_{milestone:g}.json")
+    if trajectory.regenerations:
+        record.data["calibration"]["regenerated"] = trajectory.regenerations
     record.update(
         "pruning",
         {
             "steps": cfg.pruning.steps,
-            "milestones_reached": sorted(result.milestone_plans),
-            "regenerations": result.regenerations,
-            "schedule_history": result.history,
+            "trajectory_end": trajectory_end(cfg.pruning),
+            "trajectory_cached": cached,
+            "plan_step": step,  # the trajectory step the plan comes from
+            "plan_step_target": trajectory.history[step - 1]["target"],
+            "milestones_reached": sorted(milestones),
+            "regenerations": len(trajectory.regenerations),
+            "schedule_history": trajectory.history,
         },
     )
-    if result.plan is not result.last_plan:  # an earlier plan is closer: slice it from the dense weights
+    if not cached and step != trajectory.steps:  # the model is masked further: slice the plan from the dense weights
         loaded = load_model(cfg.model)
-    return result.plan, loaded
+    return trajectory.plan(step), loaded
+
+
+def trajectory_path(cfg: RunConfig) -> Path | None:
+    """Where the trajectory of this model, scorer, calibration and schedule is cached (None: caching off).
+
+    The target is not part of the key when the trajectory has a fixed end, so every target of a
+    sweep reads the same file. The package's source and versions are part of it: a trajectory is
+    reused only by the code that made it.
+    """
+    if not cfg.pruning.trajectory_cache:
+        return None
+    schedule = OmegaConf.to_container(OmegaConf.structured(cfg.pruning))
+    for name in ("sparsity", "milestones", "trajectory_cache"):
+        schedule.pop(name)
+    schedule["trajectory_end"] = trajectory_end(cfg.pruning)
+    parts = {"pruning": schedule, "data": str(cfg.data.root), "seed": cfg.seed, "code": source_digest(), **versions()}
+    for group in ("model", "scorer", "calibration"):
+        parts[group] = OmegaConf.to_container(OmegaConf.structured(getattr(cfg, group)))
+    return cache_dir() / "trajectories" / f"{config_hash(parts)}.json"
+
+
+def source_digest() -> str:
+    """A hash of every Python file of the package."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def prune(cfg: RunConfig, loaded: LoadedModel, plan: PruningPlan, record: RunRecord, scorer: Scorer) -> None:

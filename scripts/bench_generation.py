@@ -23,8 +23,8 @@ from omegaconf import OmegaConf
 
 from rkuprune.data.sources import DataConfig
 from rkuprune.evaluation.base import BenchmarkConfig, build_tasks
-from rkuprune.evaluation.generation import Sampling, generate
 from rkuprune.evaluation.reasoning import PLAIN_STOP
+from rkuprune.generation import Sampling, generate
 from rkuprune.models.loading import ModelConfig, load_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

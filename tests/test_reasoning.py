@@ -15,7 +15,7 @@ from rkuprune.data.sources import DataConfig
 from rkuprune.errors import ConfigError, DataError
 from rkuprune.evaluation import reasoning
 from rkuprune.evaluation.base import BenchmarkConfig, EvalContext, build_tasks, derived_metrics
-from rkuprune.evaluation.generation import Completion, GenerationStats, Sampling, common_prefix_length, generate
+from rkuprune.generation import Completion, GenerationStats, Sampling, common_prefix_length, generate
 from tests.conftest import SHARED_DATA, tiny
 
 GSM8K_TRAIN = [

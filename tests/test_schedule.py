@@ -1,4 +1,5 @@
-"""The iterative schedule: nested plans, monotone sparsity, milestones, regeneration, closest plan."""
+"""The iterative schedule: one trajectory of nested plans, monotone sparsity, milestones, regeneration,
+the closest step plan for a target, and the trajectory cache that lets a sweep score once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from rkuprune.allocation import PruningConfig
-from rkuprune.allocation.schedule import run_iterative
+from rkuprune.allocation.schedule import Trajectory, run_iterative
 from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationConfig
 from rkuprune.data.sources import DataConfig
 from rkuprune.errors import ConfigError
@@ -45,12 +46,11 @@ def test_sparsity_grows_to_the_target_rescoring_every_step(granularity: str, mon
     calls = []
     real_score = scorer.score
     monkeypatch.setattr(scorer, "score", lambda model, calibration: calls.append(1) or real_score(model, calibration))
-    result = run_iterative(loaded.model, scorer, None, cfg, structures, "tiny")
-    sparsities = [row["measured_sparsity"] for row in result.history]
+    trajectory = run_iterative(loaded.model, scorer, None, cfg, structures, "tiny")
+    sparsities = [row["measured_sparsity"] for row in trajectory.history]
     assert sparsities == sorted(sparsities) and sparsities[-1] >= target
     assert len(calls) == 4
-    assert result.plan is result.last_plan
-    assert all(abs(s - target) >= abs(result.plan.sparsity(structures) - target) for s in sparsities)
+    assert trajectory.closest_step(target) == trajectory.steps == 4  # no end set: the trajectory ends at the target
 
 
 def test_each_step_keeps_every_earlier_removal(monkeypatch) -> None:
@@ -72,11 +72,13 @@ def test_each_step_keeps_every_earlier_removal(monkeypatch) -> None:
 
 
 def test_milestones_are_recorded_where_sparsity_crosses_them() -> None:
-    _, structures, result = run(steps=8, target=0.4, milestones=[0.1, 0.25, 0.9])
-    assert sorted(result.milestone_plans) == [0.1, 0.25]
-    for milestone, plan in result.milestone_plans.items():
-        first = next(row for row in result.history if row["measured_sparsity"] >= milestone)
-        assert plan.sparsity(structures) == pytest.approx(first["measured_sparsity"])
+    _, structures, trajectory = run(steps=8, target=0.4)
+    steps = trajectory.milestone_steps([0.1, 0.25, 0.9])
+    assert sorted(steps) == [0.1, 0.25]
+    for milestone, step in steps.items():
+        first = next(row for row in trajectory.history if row["measured_sparsity"] >= milestone)
+        assert step == first["step"]
+        assert trajectory.plan(step).sparsity(structures) == pytest.approx(first["measured_sparsity"])
 
 
 def test_regeneration_happens_exactly_at_crossed_milestones_with_the_pruned_model() -> None:
@@ -104,7 +106,8 @@ def test_regeneration_happens_exactly_at_crossed_milestones_with_the_pruned_mode
             hit = True
         if hit and row["step"] < cfg.steps:
             expected_steps.append(row["step"])
-    assert crossed == expected_steps and result.regenerations == len(expected_steps) >= 2
+    assert crossed == expected_steps and len(result.regenerations) == len(expected_steps) >= 2
+    assert result.regenerations[0] == calibration.provenance
     assert history_at_call == sorted(history_at_call) and history_at_call[0] > 0  # the model was masked
 
 
@@ -114,6 +117,10 @@ def test_regeneration_happens_exactly_at_crossed_milestones_with_the_pruned_mode
         ({"milestones": [0.0, 0.5]}, r"pruning\.milestones: 0\.0 is outside \(0, 1\)"),
         ({"regenerate_at": [1.5]}, r"pruning\.regenerate_at: 1\.5 is outside \(0, 1\)"),
         ({"steps": 0}, r"pruning\.steps: 0 must be at least 1"),
+        (
+            {"sparsity": 0.5, "trajectory_end": 0.4},
+            r"pruning\.trajectory_end: 0\.4 is outside \[pruning\.sparsity=0\.5",
+        ),
     ],
 )
 def test_bad_schedule_values_name_the_field(overrides: dict, message: str) -> None:
@@ -129,3 +136,36 @@ def test_more_steps_than_units_is_an_error() -> None:
 def test_regeneration_without_a_source_that_can_regenerate_is_an_error() -> None:
     with pytest.raises(ConfigError, match=r"pruning\.regenerate_at"):
         run(steps=6, regenerate_at=[0.1])
+
+
+def test_a_target_reads_the_closest_step_plan_of_one_trajectory(monkeypatch) -> None:
+    import rkuprune.allocation.schedule as schedule
+
+    loaded = tiny("tiny-llama")
+    structures = adapter_for(loaded.model).structures()
+    masked_with: list[PruningPlan] = []
+    real_apply = schedule.apply_plan
+    monkeypatch.setattr(schedule, "apply_plan", lambda m, p, mode: masked_with.append(p) or real_apply(m, p, mode))
+    cfg = PruningConfig(sparsity=0.2, schedule="iterative", steps=6, trajectory_end=0.5)
+    trajectory = run_iterative(loaded.model, SCORERS.build(RandomConfig(seed=4)), None, cfg, structures, "tiny")
+    assert [row["target"] for row in trajectory.history] == pytest.approx([0.5 * k / 6 for k in range(1, 7)])
+    for step, plan in enumerate(masked_with, start=1):  # the compact record gives back every step's plan
+        assert trajectory.plan(step).layers == plan.layers
+    for target in (0.1, 0.2, 0.3, 0.45):
+        gaps = [abs(row["measured_sparsity"] - target) for row in trajectory.history]
+        step = trajectory.closest_step(target)
+        assert gaps[step - 1] == min(gaps) and step == 1 + gaps.index(min(gaps))
+        assert trajectory.plan(step).metadata["trajectory_step"] == step
+
+
+def test_a_trajectory_survives_a_round_trip_through_its_file(tmp_path) -> None:
+    _, structures, trajectory = run(steps=5, target=0.3, trajectory_end=0.5)
+    trajectory.save(tmp_path / "t.json")
+    again = Trajectory.load(tmp_path / "t.json")
+    assert again == trajectory
+    assert all(again.plan(k).layers == trajectory.plan(k).layers for k in range(1, 6))
+
+
+def test_an_unreachable_trajectory_end_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"pruning\.trajectory_end: 0\.9 cannot be met"):
+        run(steps=4, target=0.3, trajectory_end=0.9, protection_rule="gisp")

@@ -63,7 +63,7 @@ def test_traces_are_cached_by_model_plan_and_settings(tmp_path, monkeypatch) -> 
     def no_generation(*args: object, **kwargs: object) -> None:
         raise AssertionError("generated again despite the cache")
 
-    monkeypatch.setattr("rkuprune.evaluation.generation.generate", no_generation)
+    monkeypatch.setattr("rkuprune.generation.generate", no_generation)
     second = source().build(loaded.tokenizer, DataConfig(), model=loaded.model)
     assert torch.equal(first.input_ids, second.input_ids)
     with pytest.raises(AssertionError, match="generated again"):
@@ -78,7 +78,7 @@ def test_a_model_without_a_chat_template_is_refused() -> None:
 
 
 def test_empty_generations_are_an_error(monkeypatch) -> None:
-    from rkuprune.evaluation import generation
+    from rkuprune import generation
 
     loaded = tiny("tiny-llama")
     empty = ([generation.Completion("", 0)] * 3, generation.GenerationStats(3, 0, 1.0))
@@ -94,3 +94,27 @@ def test_empty_generations_are_an_error(monkeypatch) -> None:
 def test_bad_settings_name_the_field(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         source(**overrides)
+
+
+def test_traces_keep_the_generated_ids_and_end_with_eos_only_when_the_model_generated_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("RKUPRUNE_CACHE", str(tmp_path))
+    loaded = tiny("tiny-qwen2")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    settings = {"num_prompts": 1, "max_new_tokens": 10, "do_sample": False, "cache": False}
+    (question,) = source(**settings).questions(DataConfig())
+    prompt = tokenizer(chat_prompt(tokenizer, question, True), add_special_tokens=False).input_ids
+    limit = model.generation_config.eos_token_id
+    # What the model generates for this prompt, straight from transformers (greedy, no EOS met in 10 tokens)
+    direct = model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=limit)
+    generated = direct[0, len(prompt) :].tolist()
+    assert len(generated) == 10 and tokenizer.eos_token_id not in generated
+
+    cut = source(**settings).build(tokenizer, DataConfig(), model=model)
+    assert cut.input_ids[0][cut.loss_mask[0]].tolist() == generated  # the ids themselves, and no EOS added
+
+    # Make the fourth generated token end the turn: the trace stops there and keeps it as its EOS.
+    stop_token = generated[3]
+    first = generated.index(stop_token)
+    monkeypatch.setattr(model.generation_config, "eos_token_id", stop_token)
+    ended = source(**settings).build(tokenizer, DataConfig(), model=model)
+    assert ended.input_ids[0][ended.loss_mask[0]].tolist() == generated[: first + 1]

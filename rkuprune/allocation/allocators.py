@@ -39,6 +39,8 @@ class PruningConfig:
     steps: int = 8
     milestones: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])  # plans recorded here
     regenerate_at: list[float] = field(default_factory=list)  # calibration rebuilt by the pruned model here
+    trajectory_end: float | None = None  # iterative: run to this sparsity (GISP: 0.7), read the target's plan from it
+    trajectory_cache: bool = True  # iterative: reuse a trajectory cached for the same model, scorer, calibration
 
     def check(self) -> None:
         if not 0.0 <= self.sparsity <= 0.95:
@@ -55,6 +57,12 @@ class PruningConfig:
         ALLOCATORS.get(self.allocation, "pruning.allocation")
         if self.steps < 1:
             raise ConfigError("pruning.steps", f"{self.steps} must be at least 1")
+        if self.trajectory_end is not None and not self.sparsity <= self.trajectory_end <= 0.95:
+            raise ConfigError(
+                "pruning.trajectory_end",
+                f"{self.trajectory_end} is outside [pruning.sparsity={self.sparsity}, 0.95]; the trajectory must "
+                "reach the target: raise it, or set it to null to run to the target",
+            )
         for name in ("milestones", "regenerate_at"):
             bad = [m for m in getattr(self, name) if not 0.0 < m < 1.0]
             if bad:

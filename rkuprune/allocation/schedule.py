@@ -1,42 +1,117 @@
-"""Iterative pruning (GISP-style): a linear ratio schedule over ``pruning.steps``.
+"""Iterative pruning (GISP-style): one trajectory of ``pruning.steps`` steps with a linear ratio.
 
 Each step re-scores the currently masked model, extends the plan (plans are nested: a removed unit
 never returns, because its scores are set to -inf before allocating), and masks the new units in
-place, so no copy of the model is kept. Plans are recorded at every step and at each
-``pruning.milestones`` crossing; when measured sparsity crosses a ``pruning.regenerate_at`` value,
-the calibration set is rebuilt by the pruned model (RESP's progressive regeneration). The schedule
-returns the recorded plan whose sparsity is closest to the target.
+place, so no copy of the model is kept. When measured sparsity crosses a ``pruning.regenerate_at``
+value, the calibration set is rebuilt by the pruned model (RESP's progressive regeneration).
+
+GISP runs one trajectory, ``linspace(0, 0.7, 112)``, and reads every target's plan from it. So
+does this schedule: it runs to ``pruning.trajectory_end`` (to the target when that is unset) and a
+target's plan is the step plan whose measured sparsity is closest to it. Nested plans make the
+whole trajectory one integer per unit (the step that removed it), which the pipeline caches on
+disk, so the other targets of a sweep cost no re-scoring.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rkuprune.allocation.allocators import PruningConfig, allocate, attention_units, channel_units, protected_layers
+from rkuprune.allocation.allocators import (
+    PruningConfig,
+    allocate,
+    attention_units,
+    channel_units,
+    check_feasible,
+    protected_layers,
+)
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import ConfigError
-from rkuprune.models.plan import PruningPlan
+from rkuprune.models.plan import LayerPlan, PruningPlan
 from rkuprune.models.structures import Structures
 from rkuprune.models.surgery import apply_plan
 from rkuprune.scoring.base import LayerScores, Scorer, Scores
+from rkuprune.tracking.atomic import write_json
 
 Regenerate = Callable[[nn.Module, PruningPlan], CalibrationSet]  # the masked model and its plan
+UNIT_KINDS = ("q_heads", "kv_heads", "mlp_channels")  # the LayerPlan fields a step can shrink
+
+
+def trajectory_end(cfg: PruningConfig) -> float:
+    """The sparsity the trajectory runs to: ``pruning.trajectory_end``, or the target when unset."""
+    return cfg.sparsity if cfg.trajectory_end is None else cfg.trajectory_end
 
 
 @dataclass
-class ScheduleResult:
-    plan: PruningPlan  # the recorded plan closest to the target
-    last_plan: PruningPlan  # the plan the model is masked with at the end
+class Trajectory:
+    """Every step plan of one iterative run, as the step that removed each unit (0: never removed)."""
+
+    base_model: str
+    removed_at: list[dict[str, list[int]]]  # per layer, per kind in UNIT_KINDS, per unit
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per step
-    milestone_plans: dict[float, PruningPlan] = field(default_factory=dict)
-    regenerations: int = 0
+    regenerations: list[dict[str, Any]] = field(default_factory=list)  # provenance of each rebuilt calibration
+
+    @classmethod
+    def start(cls, plan: PruningPlan) -> Trajectory:
+        """A trajectory at step 0: ``plan`` (dense) removes nothing."""
+        sizes = [{kind: len(getattr(lp, kind)) for kind in UNIT_KINDS} for lp in plan.layers]
+        return cls(plan.base_model, [{kind: [0] * n for kind, n in layer.items()} for layer in sizes])
+
+    @property
+    def steps(self) -> int:
+        return len(self.history)
+
+    def record(self, plan: PruningPlan, row: dict[str, Any]) -> None:
+        """Append the next step: ``plan`` (which must contain every earlier removal) and its history row."""
+        step = self.steps + 1
+        for layer_plan, removed in zip(plan.layers, self.removed_at, strict=True):
+            for kind in UNIT_KINDS:
+                at = torch.tensor(removed[kind])
+                kept = torch.zeros_like(at, dtype=torch.bool)
+                kept[getattr(layer_plan, kind)] = True
+                if (kept & (at > 0)).any():
+                    raise ValueError(f"step {step} keeps a unit an earlier step removed: plans must be nested")
+                at[~kept & (at == 0)] = step
+                removed[kind] = at.tolist()
+        self.history.append({"step": step, **row})
+
+    def plan(self, step: int) -> PruningPlan:
+        """The plan after ``step`` (1-based): units removed at that step or earlier are gone."""
+        layers = []
+        for index, removed in enumerate(self.removed_at):
+            kept = {kind: [u for u, at in enumerate(removed[kind]) if at == 0 or at > step] for kind in UNIT_KINDS}
+            layers.append(LayerPlan(index, kept["q_heads"], kept["kv_heads"], kept["mlp_channels"]))
+        plan = PruningPlan(base_model=self.base_model, layers=layers)
+        plan.metadata["trajectory_step"] = step
+        return plan
+
+    def closest_step(self, target: float) -> int:
+        """The step whose measured sparsity is closest to ``target`` (the earlier one on a tie)."""
+        return min(self.history, key=lambda row: abs(row["measured_sparsity"] - target))["step"]
+
+    def milestone_steps(self, milestones: list[float]) -> dict[float, int]:
+        """For each milestone the trajectory reached, the first step whose measured sparsity reaches it."""
+        found = {}
+        for milestone in sorted(milestones):
+            step = next((row["step"] for row in self.history if row["measured_sparsity"] >= milestone), None)
+            if step is not None:
+                found[milestone] = step
+        return found
+
+    def save(self, path: Path) -> None:
+        write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> Trajectory:
+        return cls(**json.loads(path.read_text()))
 
 
 def without_removed(scores: Scores, plan: PruningPlan, structures: Structures) -> Scores:
@@ -53,8 +128,15 @@ def without_removed(scores: Scores, plan: PruningPlan, structures: Structures) -
     return Scores(layers)
 
 
-def check_steps(cfg: PruningConfig, structures: Structures) -> None:
-    """More steps than removable units would leave steps that remove nothing."""
+def check_schedule(cfg: PruningConfig, structures: Structures) -> None:
+    """The trajectory's end must be reachable, and every step must have a unit to remove."""
+    end = trajectory_end(cfg)
+    try:
+        check_feasible(dataclasses.replace(cfg, sparsity=end), structures)
+    except ConfigError as exc:
+        if cfg.trajectory_end is None:
+            raise
+        raise ConfigError("pruning.trajectory_end", f"{end} cannot be met ({exc}); lower it") from exc
     protected = protected_layers(cfg, len(structures))
     units = 0
     for s in structures.layers:
@@ -73,27 +155,23 @@ def run_iterative(
     structures: Structures,
     base_model: str,
     regenerate: Regenerate | None = None,
-) -> ScheduleResult:
-    """Score, allocate and mask ``cfg.steps`` times with a linearly growing target (the model ends masked)."""
-    check_steps(cfg, structures)
+) -> Trajectory:
+    """Score, allocate and mask ``cfg.steps`` times with a target growing linearly to the trajectory's
+    end (the model ends masked with the last step's plan)."""
+    check_schedule(cfg, structures)
+    end = trajectory_end(cfg)
     plan = PruningPlan.dense(structures, base_model=base_model)
-    result = ScheduleResult(plan=plan, last_plan=plan)
-    best_gap = float("inf")
-    pending_milestones = sorted(cfg.milestones)
+    trajectory = Trajectory.start(plan)
     pending_regenerations = sorted(cfg.regenerate_at)
     for step in tqdm(range(1, cfg.steps + 1), desc="iterative pruning", leave=False):
-        target = cfg.sparsity * step / cfg.steps
+        target = end * step / cfg.steps
         scores = scorer.score(model, calibration)
         scores.check(structures, scorer.cfg.name)
         step_cfg = dataclasses.replace(cfg, sparsity=target)
         plan = allocate(step_cfg, without_removed(scores, plan, structures), structures, base_model)
         apply_plan(model, plan, "mask")
         measured = plan.sparsity(structures)
-        result.history.append({"step": step, "target": target, "measured_sparsity": measured})
-        if abs(measured - cfg.sparsity) < best_gap:  # only the best plan is kept, not one per step
-            best_gap, result.plan = abs(measured - cfg.sparsity), plan
-        while pending_milestones and measured >= pending_milestones[0]:
-            result.milestone_plans[pending_milestones.pop(0)] = plan
+        trajectory.record(plan, {"target": target, "measured_sparsity": measured})
         crossed = False
         while pending_regenerations and measured >= pending_regenerations[0]:
             pending_regenerations.pop(0)
@@ -102,7 +180,6 @@ def run_iterative(
             if regenerate is None:
                 raise ConfigError("pruning.regenerate_at", "this calibration source cannot regenerate; set it to []")
             calibration = regenerate(model, plan)
-            result.regenerations += 1
-            result.history[-1]["regenerated"] = True
-    result.last_plan = plan
-    return result
+            trajectory.regenerations.append(calibration.provenance)
+            trajectory.history[-1]["regenerated"] = True
+    return trajectory

@@ -1,8 +1,9 @@
 """RESP calibration: the model answers train questions through its own chat template and the loss
 counts only the tokens it generated (the "decode-only" loss mask).
 
-The prompt is tokenised from the chat template and the generated text separately, and the two id
-sequences are concatenated, so the mask boundary is exact. Traces are cached on disk keyed by the
+The prompt is tokenised from the chat template and followed by the ids the model generated (never
+re-tokenised from the decoded text), so the mask boundary is exact; a trace ends with EOS only when
+the model generated it, not when the token limit cut it. Traces are cached on disk keyed by the
 model, the plan it was pruned with and the generation settings; the iterative schedule asks for new
 traces from the pruned model when sparsity crosses ``pruning.regenerate_at``.
 """
@@ -52,6 +53,20 @@ def chat_prompt(tokenizer: Any, question: str, enable_thinking: bool) -> str:
     )
 
 
+def require_chat_template(tokenizer: Any, source: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            "calibration", f"{source} needs a chat template and this model's tokenizer has none; use q16k"
+        )
+
+
+def gsm8k_train_rows(data: DataConfig, n: int, seed: int) -> list[dict[str, str]]:
+    """``n`` GSM8K train rows drawn by seed (every row when there are fewer)."""
+    rows = sources.gsm8k_rows(data, "train")
+    picked = random.Random(seed).sample(range(len(rows)), min(n, len(rows)))
+    return [rows[i] for i in picked]
+
+
 def decode_only_batch(prompts: list[list[int]], answers: list[list[int]], pad_id: int, seqlen: int) -> CalibrationSet:
     """Right-padded prompt+answer rows whose loss mask covers the answer tokens only."""
     rows = [(p + a)[:seqlen] for p, a in zip(prompts, answers, strict=True)]
@@ -76,17 +91,12 @@ class SelfGenerated(CalibrationSource):
     def questions(self, data: DataConfig) -> list[str]:
         if self.cfg.questions == "synthetic":
             return [p.question for p in word_problems(self.cfg.num_prompts, self.cfg.seed, "train")]
-        rows = sources.gsm8k_rows(data, "train")
-        picked = random.Random(self.cfg.seed).sample(range(len(rows)), min(self.cfg.num_prompts, len(rows)))
-        return [rows[i]["question"] for i in picked]
+        return [row["question"] for row in gsm8k_train_rows(data, self.cfg.num_prompts, self.cfg.seed)]
 
     def build(self, tokenizer: Any, data: DataConfig, *, model: Any = None, plan: Any = None) -> CalibrationSet:
         if model is None:
             raise ConfigError("calibration", "self_generated needs the model to answer its questions")
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError(
-                "calibration", "self_generated needs a chat template and this model's tokenizer has none; use q16k"
-            )
+        require_chat_template(tokenizer, self.cfg.name)
         questions = self.questions(data)
         texts = [chat_prompt(tokenizer, q, self.cfg.enable_thinking) for q in questions]
         # generate() tokenises the same texts the same way, so these ids are exactly the prompt it saw
@@ -114,10 +124,11 @@ class SelfGenerated(CalibrationSource):
 
     def _answers(self, model: Any, tokenizer: Any, texts: list[str], plan: Any) -> tuple[list[list[int]], int]:
         """Generated token ids per question (cached on disk by model, plan and settings)."""
-        from rkuprune.evaluation.generation import Sampling, generate
+        from rkuprune.generation import Sampling, generate
         from rkuprune.models.loading import cache_dir
 
         key_data = {
+            "format": 2,  # answers are the generated ids (format 1 re-tokenised the text and always added EOS)
             "model": getattr(model.config, "_name_or_path", ""),
             "plan": plan.to_dict()["layers"] if plan is not None else "dense",
             "settings": asdict(self.cfg),
@@ -145,11 +156,7 @@ class SelfGenerated(CalibrationSource):
             seed=self.cfg.seed,
             desc="self-generated traces",
         )
-        eos = tokenizer.eos_token_id
-        answers = [
-            tokenizer(c.text, add_special_tokens=False).input_ids + ([eos] if c.text and eos is not None else [])
-            for c in completions
-        ]
+        answers = [list(c.ids) for c in completions]
         if self.cfg.cache:
             write_json(path, {"answers": answers, "generated_tokens": stats.new_tokens})
         return answers, stats.new_tokens

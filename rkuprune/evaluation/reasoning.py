@@ -35,7 +35,7 @@ from rkuprune.data.sources import DataConfig, require_available
 from rkuprune.errors import ConfigError, DataError
 from rkuprune.evaluation import extraction
 from rkuprune.evaluation.base import TASKS, BenchmarkConfig, EvalContext, Task, TaskConfig
-from rkuprune.evaluation.generation import Sampling, generate
+from rkuprune.generation import Sampling, generate
 from rkuprune.tracking.atomic import write_text
 
 NUMBER_INSTRUCTION = 'Solve the problem step by step, then finish with "The answer is N." where N is the final number.'

@@ -7,8 +7,13 @@ MLP channel over its gate and up rows and its down column. Scores are divided by
 constants, 4·head_dim·hidden for heads and 3·intermediate for channels, as the GISP reference does,
 so that heads and channels meet in one global ranking.
 
-Because the mean must be taken before the absolute value, ḡ is accumulated in fp32 for the five
-projections that are scored (q, o, gate, up, down) and reduced per unit once, after the pass.
+Loss weighting (``scorer.loss_weighting``): ``per_sample`` (default, as both references: the
+loss is averaged over each sample's counted tokens and samples weigh equally) or ``pooled`` (one
+mean over every counted token of the set, so long traces weigh more).
+
+Because the mean must be taken before the absolute value, ḡ is accumulated in fp32 (fp64 for a
+float64 model) for the five projections that are scored (q, o, gate, up, down) and reduced per
+unit once, after the pass.
 RESP is this scorer on self-generated calibration with regeneration; its YAML sets those.
 """
 
@@ -20,15 +25,19 @@ import torch
 from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
+from rkuprune.errors import ConfigError
 from rkuprune.models.adapters import adapter_for
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
 from rkuprune.scoring.capture import run_calibration
-from rkuprune.scoring.objectives import OBJECTIVES
+from rkuprune.scoring.objectives import OBJECTIVES, Objective, PerSampleMean, at_least_fp32
+
+LOSS_WEIGHTINGS = ("per_sample", "pooled")
 
 
 @dataclass
 class GispConfig(ScorerConfig):
     name: str = "gisp"
+    loss_weighting: str = "per_sample"  # per_sample (the references) | pooled (every token weighs the same)
 
 
 @dataclass
@@ -44,6 +53,18 @@ class RespNoRegenConfig(GispConfig):
 @SCORERS.register("gisp", GispConfig)
 class GispScorer(Scorer):
     needs_calibration = True
+    cfg: GispConfig
+
+    def check(self) -> None:
+        if self.cfg.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ConfigError(
+                "scorer.loss_weighting", f"'{self.cfg.loss_weighting}' is not one of {', '.join(LOSS_WEIGHTINGS)}"
+            )
+
+    def objective(self) -> Objective:
+        """The causal-LM loss, averaged per sample or pooled over tokens as configured."""
+        loss = OBJECTIVES["lm_loss"]
+        return PerSampleMean(loss) if self.cfg.loss_weighting == "per_sample" else loss
 
     def score(self, model: nn.Module, calibration: CalibrationSet | None) -> Scores:
         adapter = adapter_for(model)
@@ -53,28 +74,26 @@ class GispScorer(Scorer):
             attn, mlp = adapter.attention(layer), adapter.mlp(layer)
             projections.append((attn.q, attn.o, mlp.gate, mlp.up, mlp.down))
         weights = [linear.weight for group in projections for linear in group]
-        mean_grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+        mean_grads = [at_least_fp32(torch.zeros_like(w)) for w in weights]
 
         def accumulate(grads: tuple[torch.Tensor, ...]) -> None:
             for total, grad in zip(mean_grads, grads, strict=True):
-                total += grad.float()
+                total += grad
 
-        # The objective is already divided by the calibration's token count, so the sum is the mean.
-        run_calibration(
-            model, calibration, objective=OBJECTIVES["lm_loss"], weights=weights, on_weight_grads=accumulate
-        )
+        # The objective is already divided by the calibration's sample (or token) count: the sum is the mean.
+        run_calibration(model, calibration, objective=self.objective(), weights=weights, on_weight_grads=accumulate)
         layers = []
         for index, s in enumerate(structures.layers):
             group = slice(5 * index, 5 * index + 5)
             q, o, gate, up, down = (
-                (w.detach().float() * g).abs() for w, g in zip(weights[group], mean_grads[group], strict=True)
+                (w.detach().to(g.dtype) * g).abs() for w, g in zip(weights[group], mean_grads[group], strict=True)
             )
             heads = q.view(s.num_q_heads, -1).sum(dim=1) + o.view(-1, s.num_q_heads, s.head_dim).sum(dim=(0, 2))
             channels = gate.sum(dim=1) + up.sum(dim=1) + down.sum(dim=0)
             layers.append(
                 LayerScores(
-                    heads=(heads / (4 * s.head_dim * s.hidden_size)).cpu(),
-                    channels=(channels / (3 * s.intermediate_size)).cpu(),
+                    heads=(heads / (4 * s.head_dim * s.hidden_size)).float().cpu(),
+                    channels=(channels / (3 * s.intermediate_size)).float().cpu(),
                 )
             )
         return Scores(layers)

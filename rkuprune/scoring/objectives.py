@@ -1,13 +1,19 @@
 """Scalar objectives that gradient-based scorers differentiate, computed from the final hidden state.
 
-Each objective is a sum over the tokens it counts; ``run_calibration`` divides by the count over the
-whole calibration set, so the gradients do not depend on how the set is split into micro-batches.
+Each objective is a sum over the units it counts (tokens, or rows for ``PerSampleMean``);
+``run_calibration`` divides by the count over the whole calibration set, so the gradients do not
+depend on how the set is split into micro-batches.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 promoted to fp32 for the loss; fp64 kept (float64 tests compare without fp32 rounding)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 class Objective:
@@ -26,14 +32,14 @@ class Objective:
         raise NotImplementedError
 
     def total(self, model: nn.Module, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The objective summed over the counted tokens of the batch (fp32)."""
-        values = self.per_token(model, hidden.float(), batch)
+        """The objective summed over the counted tokens of the batch (at least fp32)."""
+        values = self.per_token(model, at_least_fp32(hidden), batch)
         return torch.where(self.weights(batch).to(values.device), values, 0.0).sum()
 
 
 def _logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     head = model.get_output_embeddings()
-    return head(hidden.to(head.weight.dtype)).float()
+    return at_least_fp32(head(hidden.to(head.weight.dtype)))
 
 
 class Energy(Objective):
@@ -70,6 +76,36 @@ class Entropy(Objective):
     def per_token(self, model: nn.Module, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         log_p = torch.log_softmax(_logits(model, hidden), dim=-1)
         return -(log_p.exp() * log_p).sum(dim=-1)
+
+
+class PerSampleMean(Objective):
+    """Another objective averaged over each row's counted tokens, rows weighted equally.
+
+    GISP and RESP take the mean loss of one sample at a time (batch size 1) and average the
+    gradients over samples, so a long trace weighs as much as a short one; pooling every token
+    instead lets the longest traces dominate the mean gradient.
+    """
+
+    def __init__(self, inner: Objective) -> None:
+        self.inner = inner
+        self.name = f"{inner.name}/per_sample"
+
+    def weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.inner.weights(batch)
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        """Rows with at least one counted token: each one is a sample of equal weight."""
+        return int(self.weights(batch).any(dim=1).sum())
+
+    def per_token(self, model: nn.Module, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.inner.per_token(model, hidden, batch)
+
+    def total(self, model: nn.Module, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The sum over rows of each row's mean over its counted tokens (at least fp32)."""
+        values = self.per_token(model, at_least_fp32(hidden), batch)
+        counted = self.weights(batch).to(values.device)
+        per_row = torch.where(counted, values, 0.0).sum(dim=1)
+        return (per_row / counted.sum(dim=1).clamp(min=1)).sum()
 
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (Energy(), LMLoss(), Entropy())}

@@ -44,6 +44,7 @@ class Sampling:
 class Completion:
     text: str
     num_tokens: int
+    ids: tuple[int, ...] = ()  # the generated ids, EOS included when the model ended its turn (stop strings not cut)
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def generate(
                 stopped = any(s in before for s in stop)
                 count = ended + (new[ended] in eos and not stopped)
             text = tokenizer.decode(new[:count], skip_special_tokens=True)
-            results[i] = Completion(truncate_at_stop(text, stop), count)
+            results[i] = Completion(truncate_at_stop(text, stop), count, tuple(new[:count]))
             total += count
     stats = GenerationStats(len(prompts), total, time.perf_counter() - start)
     return [r for r in results if r is not None], stats
