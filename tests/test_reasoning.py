@@ -206,6 +206,32 @@ def test_the_thinking_switch_reaches_the_chat_template(tmp_path) -> None:
         tasks_for(write_root(tmp_path), t={"task": "gsm8k", "shots": 0, "enable_thinking": True})
 
 
+def test_the_answer_style_sets_the_exemplar_ending_and_the_strict_rule(tmp_path, monkeypatch) -> None:
+    """Exemplars end the way lm-eval's strict rule for the style reads: "The answer is N." (gsm8k_cot),
+    "#### N" (gsm8k), "The answer is (X)." for options."""
+    data = write_root(tmp_path)
+    tasks = tasks_for(
+        data,
+        cot={"task": "gsm8k", "shots": 1},
+        hashes={"task": "gsm8k", "shots": 1, "answer_style": "hashes"},
+        aqua={"task": "aqua", "shots": 1},
+    )
+    prompt = {key: task.prompt(task.questions[0], None) for key, task in tasks.items()}
+    gold = tasks["cot"].exemplars[0].gold
+    assert f"\nThe answer is {gold}.\n\nQuestion:" in prompt["cot"] and "####" not in prompt["cot"]
+    assert f"\n#### {gold}\n\nQuestion:" in prompt["hashes"] and "The answer is" not in prompt["hashes"]
+    assert f"\nThe answer is ({tasks['aqua'].exemplars[0].gold}).\n\nQuestion:" in prompt["aqua"]
+    text = "#### 2000 and then The answer is 7."
+    assert tasks["cot"].score(text, tasks["cot"].questions[0])["extracted_strict"] == "7"
+    assert tasks["hashes"].score(text, tasks["hashes"].questions[0])["extracted_strict"] == "2000"
+    with pytest.raises(
+        ConfigError, match=r"benchmark\.tasks\.t\.answer_style: 'boxed' is not one of answer_is, hashes"
+    ):
+        tasks_for(data, t={"task": "gsm8k", "answer_style": "boxed"})
+    with pytest.raises(ConfigError, match=r"benchmark\.tasks\.t\.answer_style: option answers use answer_is"):
+        tasks_for(data, t={"task": "aqua", "shots": 0, "answer_style": "hashes"})
+
+
 # -- limits and bad input -------------------------------------------------------------------------
 
 

@@ -12,7 +12,8 @@ Why by hand and not lm-eval's ``generate_until``: generation itself is one ``mod
 what lm-eval cannot do is the rest: its tasks cannot read the project's local files without a Python
 module beside each YAML, it has no generative MathQA or AQuA task, and it does not write the
 per-question records this project keeps. Its answer filters are reproduced exactly, and checked
-against lm-eval's own filter objects in the tests. Log-likelihood tasks, which lm-eval does fully, go through it (``lm_eval_bridge``).
+against lm-eval's own filter objects in the tests. Log-likelihood tasks, which lm-eval does fully, go
+through it (``lm_eval_bridge``).
 
 Prompts: ``shots`` exemplars from a train/dev split (never the evaluated split: any exemplar whose
 text also occurs in the evaluated split is dropped from the pool), either as plain text
