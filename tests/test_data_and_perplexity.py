@@ -12,7 +12,10 @@ from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationConfig
 from rkuprune.data.sources import DataConfig, pydoc_text, pydoc_topics
 from rkuprune.data.synthetic import word_problems
 from rkuprune.errors import ConfigError
-from rkuprune.evaluation.perplexity import perplexity
+from rkuprune.evaluation import perplexity as perplexity_module
+from rkuprune.evaluation.base import BenchmarkConfig, EvalContext, build_tasks
+from rkuprune.evaluation.perplexity import evaluation_text, perplexity, token_stream
+from rkuprune.evaluation.solution import solution_nll, solution_tokens
 from rkuprune.models.tokenizer import byte_tokenizer
 from tests.conftest import SHARED_DATA, tiny
 
@@ -121,3 +124,115 @@ def test_local_wikitext2_rows_match_the_published_layout() -> None:
     text = wikitext2_text(DataConfig(root=str(SHARED_DATA)), "test")
     assert text.startswith("\n\n = Robert Boulter = \n")
     assert len(text.split()) == 241_211
+
+
+# -- the GPTQ/Wanda stream: BOS once, C4 joined with a space -------------------------------------
+
+
+def test_bos_once_at_the_stream_start_and_windows_otherwise_unchanged() -> None:
+    tokenizer = byte_tokenizer()
+    text = pydoc_text("test")[:2000]
+    plain = tokenizer(text, add_special_tokens=False).input_ids
+    stream = token_stream(tokenizer, text)
+    assert stream[0].item() == tokenizer.bos_token_id
+    assert stream[1:].tolist() == plain  # the rest is the text's tokens, shifted by one
+    assert (stream == tokenizer.bos_token_id).sum() == 1  # once, not per window
+    tokenizer.bos_token = None  # a tokenizer without BOS (Qwen): the stream is the text alone
+    assert token_stream(tokenizer, text).tolist() == plain
+
+
+def test_the_perplexity_task_scores_the_stream_with_bos(monkeypatch) -> None:
+    seen = {}
+
+    def capture(model, ids, seqlen, max_windows, batch_size):
+        seen["ids"] = ids
+        return 1.0
+
+    monkeypatch.setattr(perplexity_module, "perplexity", capture)
+    task = build_tasks(
+        BenchmarkConfig(tasks={"p": {"task": "perplexity", "dataset": "pydoc", "seqlen": 64}}), DataConfig()
+    )
+    loaded = tiny("tiny-llama")
+    assert task["p"].evaluate(loaded.model, loaded.tokenizer, EvalContext()) == {"ppl/pydoc@64": 1.0}
+    assert torch.equal(seen["ids"], token_stream(loaded.tokenizer, pydoc_text("test")))
+    assert task["p"].settings()["bos"] == "once at the stream start"
+
+
+def test_c4_is_the_first_1100_documents_joined_with_a_space(tmp_path) -> None:
+    (tmp_path / "c4").mkdir()
+    rows = [{"text": f"document {i}\nline two", "timestamp": "", "url": ""} for i in range(1200)]
+    (tmp_path / "c4" / "c4_validation_2k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = evaluation_text("c4", DataConfig(root=str(tmp_path)))
+    assert text == " ".join(r["text"] for r in rows[:1100])
+
+
+# -- gold-solution perplexity ---------------------------------------------------------------------
+
+
+def test_solution_nll_counts_only_solution_tokens() -> None:
+    """Hand-computed in float64: each sequence run alone, log-softmax, summed over the solution positions."""
+    loaded = tiny("tiny-llama")
+    model, tokenizer = loaded.model.double(), loaded.tokenizer
+    pairs = [("Question: 2+2?\nAnswer:", " 2+2=4\nThe answer is 4."), ("Q: a longer question here?\nA:", " 7.")]
+    items = [solution_tokens(tokenizer, prompt, solution, add_bos=True) for prompt, solution in pairs]
+    total, count = solution_nll(model, items, batch_size=2)  # padded together: padding must not count
+    expected, expected_count = 0.0, 0
+    with torch.no_grad():
+        for item, (_, solution) in zip(items, pairs, strict=True):
+            assert item.ids[0] == tokenizer.bos_token_id
+            assert len(item.ids) - item.start == len(tokenizer(solution, add_special_tokens=False).input_ids)
+            ids = torch.tensor([item.ids])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0], dim=-1)
+            for t in range(item.start, len(item.ids)):  # token t predicted from position t-1
+                expected -= logp[t - 1, item.ids[t]].item()
+                expected_count += 1
+    assert count == expected_count
+    assert total == pytest.approx(expected, rel=1e-10)
+    # and the prompt's tokens are not in it: all-token NLL is larger
+    with torch.no_grad():
+        everything = sum(
+            -torch.log_softmax(model(input_ids=torch.tensor([i.ids])).logits[0], -1)[:-1]
+            .gather(-1, torch.tensor(i.ids[1:])[:, None])
+            .sum()
+            .item()
+            for i in items
+        )
+    assert everything > total + 1
+
+
+def test_solution_ppl_task_on_synthetic_problems() -> None:
+    suite = BenchmarkConfig(
+        tasks={"s": {"task": "solution_ppl", "dataset": "synthetic", "synthetic_problems": 6, "max_solutions": 4}}
+    )
+    task = build_tasks(suite, DataConfig())["s"]
+    loaded = tiny("tiny-qwen2")
+    model = loaded.model.double()
+    value = task.evaluate(model, loaded.tokenizer, EvalContext())["ppl/synthetic_solution"]
+    items = [solution_tokens(loaded.tokenizer, *task.prompt(q, loaded.tokenizer), add_bos=True) for q in task.questions]
+    total, count = solution_nll(model, items, batch_size=1)  # batched or not: the same value
+    assert value == pytest.approx(math.exp(total / count), rel=1e-10)
+    assert task.settings()["num_solutions"] == 4 and task.settings()["prompt"] == "plain"
+    chat = build_tasks(BenchmarkConfig(tasks={"s": {**suite.tasks["s"], "chat": True}}), DataConfig())["s"]
+    prompt, solution = chat.prompt(chat.questions[0], loaded.tokenizer)
+    assert (
+        solution.endswith(f"The answer is {chat.questions[0].gold}.")
+        and prompt != task.prompt(task.questions[0], None)[0]
+    )
+
+
+@pytest.mark.parametrize("dataset", ["gsm8k", "mathqa", "aqua"])
+def test_solution_ppl_without_data_stops_before_the_model_loads(dataset: str, monkeypatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    suite = BenchmarkConfig(tasks={"s": {"task": "solution_ppl", "dataset": dataset}})
+    with pytest.raises(ConfigError, match=r"data\.root.*benchmark\.tasks\.s\.dataset="):
+        build_tasks(suite, DataConfig())
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [({"dataset": "math"}, "dataset"), ({"max_solutions": 0}, "max_solutions"), ({"batch_size": 0}, "batch_size")],
+)
+def test_solution_ppl_rejects_bad_settings(fields: dict[str, object], where: str) -> None:
+    suite = BenchmarkConfig(tasks={"s": {"task": "solution_ppl", "dataset": "synthetic", **fields}})
+    with pytest.raises(ConfigError, match=rf"benchmark\.tasks\.s\.{where}"):
+        build_tasks(suite, DataConfig())

@@ -1,9 +1,19 @@
-"""Answer extraction on hand-written generations: every number and letter format, strict vs flexible."""
+"""Answer extraction: lm-eval's rules checked against lm-eval's own filter objects and metric (the
+oracle), and the project's lenient rules on hand-written generations."""
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
+from typing import Any
 
+import lm_eval
+import pytest
+import yaml
+from lm_eval.api.metrics import exact_match_hf_evaluate
+from lm_eval.filters.extraction import MultiChoiceRegexFilter, RegexFilter
+from lm_eval.filters.selection import TakeFirstFilter
+
+from rkuprune.evaluation import extraction
 from rkuprune.evaluation.extraction import (
     flexible_letter,
     flexible_number,
@@ -89,3 +99,150 @@ def test_a_value_shared_by_two_options_is_not_guessed() -> None:
 def test_fewer_options_limit_the_letters() -> None:
     assert strict_letter("The answer is E.", 4) is None
     assert flexible_letter("The answer is (D).", ("1", "2", "3", "4")) == "D"
+
+
+# -- lm-eval as the oracle ------------------------------------------------------------------------
+TASKS_DIR = Path(lm_eval.__file__).parent / "tasks"
+
+
+class _Loader(yaml.SafeLoader):
+    """Reads lm-eval task YAMLs, whose ``!function module.Name`` tags name a class by its dotted path."""
+
+
+_Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+def task_yaml(path: str) -> dict[str, Any]:
+    return yaml.load((TASKS_DIR / path).read_text(), Loader=_Loader)
+
+
+def filters_of(config: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    return {entry["name"]: entry["filter"] for entry in config["filter_list"]}
+
+
+def run_filter(steps: list[dict[str, Any]], text: str, doc: dict[str, Any]) -> str:
+    """Apply one of lm-eval's filter pipelines, built from the task YAML with lm-eval's own classes."""
+    responses: Any = [[text]]
+    for step in steps:
+        kwargs = {k: v for k, v in step.items() if k != "function"}
+        function = step["function"]
+        if function == "regex":
+            filt = RegexFilter(**kwargs)
+        elif function.endswith("MultiChoiceRegexFilter"):
+            filt = MultiChoiceRegexFilter(**kwargs)
+        else:
+            assert function == "take_first", function
+            filt = TakeFirstFilter()
+        responses = list(filt.apply(responses, [doc]))
+    return responses[0]
+
+
+def oracle_match(prediction: str, gold: str, config: dict[str, Any]) -> bool:
+    metric = dict(config["metric_list"][0])
+    assert metric.pop("metric") == "exact_match"
+    for key in ("aggregation", "higher_is_better"):
+        metric.pop(key, None)
+    return bool(exact_match_hf_evaluate(predictions=[prediction], references=[gold], **metric)["exact_match"])
+
+
+GSM8K_COT = task_yaml("gsm8k/gsm8k-cot.yaml")
+GSM8K = task_yaml("gsm8k/gsm8k.yaml")
+BBH_MC = {**task_yaml("bbh/cot_zeroshot/_cot_zeroshot_template_yaml"), **task_yaml("bbh/cot_zeroshot/snarks.yaml")}
+
+
+def test_our_patterns_are_the_installed_lm_eval_ones() -> None:
+    """The constants are lm-eval's, read from its task YAMLs, so an lm-eval upgrade that changes them fails here."""
+    cot, plain, mc = filters_of(GSM8K_COT), filters_of(GSM8K), filters_of(BBH_MC)
+    assert cot["strict-match"][0]["regex_pattern"] == extraction.STRICT_NUMBER_RULES["answer_is"]
+    assert plain["strict-match"][0]["regex_pattern"] == extraction.STRICT_NUMBER_RULES["hashes"]
+    assert cot["flexible-extract"][0]["regex_pattern"] == plain["flexible-extract"][0]["regex_pattern"]
+    assert cot["flexible-extract"][0]["regex_pattern"] == extraction.FLEXIBLE_NUMBER
+    assert tuple(GSM8K_COT["metric_list"][0]["regexes_to_ignore"]) == extraction.NUMBER_IGNORE
+    assert tuple(GSM8K["metric_list"][0]["regexes_to_ignore"]) == extraction.NUMBER_IGNORE
+    assert mc["strict-match"][0]["regex_pattern"] == extraction.STRICT_LETTER_RULE
+    assert mc["flexible-extract"][0]["regex_pattern"] == extraction.FLEXIBLE_LETTER
+    assert tuple(BBH_MC["metric_list"][0]["regexes_to_ignore"]) == extraction.LETTER_IGNORE
+
+
+NUMBER_GENERATIONS = [
+    "...The answer is 18. It took 2 days.",  # flexible: the last number (2), not the stated answer
+    "#### 5 then later #### 7",  # strict: the first ####
+    "The answer is 5. No wait, the answer is 7.",
+    "The answer is 18",  # no character after the number: lm-eval's "." takes the last digit
+    "The answer is 18.00.",
+    "The answer is $1,234.50.",
+    "The answer is -3.",
+    "The answer is −3.",  # unicode minus
+    "So 16 - 3 - 4 = 9 eggs, 9 * $2 = $18.\n#### 18",
+    "#### 1,000",
+    "####18",
+    "We get \\boxed{42} apples",
+    "The answer is 50%.",
+    "It costs .5 dollars, so 1.",
+    "Total 3.. and 4...",
+    "I do not know.",
+    "",
+    "2, 3, 4, 5",
+    "<think>the answer is 3.</think>The answer is 5. So 6.",
+    "<think>the answer is 3.</think>\nno number here",
+    "The answer is 7.\n\nQuestion: next",
+    "the answer is 9.",  # strict is case-sensitive
+]
+
+
+@pytest.mark.parametrize("text", NUMBER_GENERATIONS)
+@pytest.mark.parametrize(("style", "config"), [("answer_is", GSM8K_COT), ("hashes", GSM8K)])
+def test_number_rules_match_lm_eval(text: str, style: str, config: dict[str, Any]) -> None:
+    ours = extraction.lm_eval_number(text, style)
+    part = text.split("</think>")[-1].lstrip()  # lm-eval's HFLM with think_end_token="</think>"
+    filters = filters_of(config)
+    for name, extracted in (("strict-match", ours.strict), ("flexible-extract", ours.flexible)):
+        oracle = run_filter(filters[name], part, {})
+        assert (extracted or extraction.FALLBACK) == oracle, name
+        for gold in ("18", "5", "1000", "-3", "42", "2", "1234.50"):
+            assert extraction.number_is_correct(extracted, gold) == oracle_match(oracle, gold, config), (name, gold)
+
+
+LETTER_GENERATIONS = [
+    "The speed is 72. The answer is (B).",
+    "The answer is (B). Actually (C) fits better.",
+    "the answer is (b).",
+    "The answer is B.",
+    "The answer is (B)",  # no character after: lm-eval drops the last one
+    "The answer: (D).",
+    "The final answer: E.",
+    "So it is 72 km/hr.",  # no letter: the option text
+    "I pick 80 and then 90",  # two option texts: the last
+    "Answer: C",  # the ": X" fallback
+    "Options: a, b",
+    "no idea",
+    "(F) is my answer.",  # not an option, still a "(X)"
+    "<think>The answer is (A).</think>The answer is (D).",
+    "the answer is a bit unclear",
+]
+LETTER_CHOICES = ("60", "72 km/hr", "80", "90", "54")
+
+
+@pytest.mark.parametrize("text", LETTER_GENERATIONS)
+def test_letter_rules_match_lm_eval(text: str) -> None:
+    ours = extraction.lm_eval_letter(text, LETTER_CHOICES)
+    part = text.split("</think>")[-1].lstrip()
+    filters = filters_of(BBH_MC)
+    doc = {"choices": list(LETTER_CHOICES)}
+    for name, extracted in (("strict-match", ours.strict), ("flexible-extract", ours.flexible)):
+        oracle = run_filter(filters[name], part, doc)
+        assert (extracted or extraction.FALLBACK) == oracle, name
+        for gold in "ABCDE":
+            assert extraction.letter_is_correct(extracted, gold) == oracle_match(oracle, f"({gold})", BBH_MC), (
+                name,
+                gold,
+            )
+
+
+def test_the_issue_examples_differ_from_the_lenient_rule() -> None:
+    """The two disagreements the issue names: lm-eval reads 2 and 5 where the lenient rule reads 18 and 7."""
+    assert extraction.lm_eval_number("...The answer is 18. It took 2 days.").flexible == "2"
+    assert flexible_number("...The answer is 18. It took 2 days.") == "18"
+    assert extraction.lm_eval_number("#### 5 ... #### 7", "hashes").strict == "5"
+    assert strict_number("#### 5 ... #### 7") == "7"
+    assert not extraction.number_is_correct("18.00", "18")  # strings, not decimals

@@ -206,6 +206,32 @@ def test_the_thinking_switch_reaches_the_chat_template(tmp_path) -> None:
         tasks_for(write_root(tmp_path), t={"task": "gsm8k", "shots": 0, "enable_thinking": True})
 
 
+def test_the_answer_style_sets_the_exemplar_ending_and_the_strict_rule(tmp_path, monkeypatch) -> None:
+    """Exemplars end the way lm-eval's strict rule for the style reads: "The answer is N." (gsm8k_cot),
+    "#### N" (gsm8k), "The answer is (X)." for options."""
+    data = write_root(tmp_path)
+    tasks = tasks_for(
+        data,
+        cot={"task": "gsm8k", "shots": 1},
+        hashes={"task": "gsm8k", "shots": 1, "answer_style": "hashes"},
+        aqua={"task": "aqua", "shots": 1},
+    )
+    prompt = {key: task.prompt(task.questions[0], None) for key, task in tasks.items()}
+    gold = tasks["cot"].exemplars[0].gold
+    assert f"\nThe answer is {gold}.\n\nQuestion:" in prompt["cot"] and "####" not in prompt["cot"]
+    assert f"\n#### {gold}\n\nQuestion:" in prompt["hashes"] and "The answer is" not in prompt["hashes"]
+    assert f"\nThe answer is ({tasks['aqua'].exemplars[0].gold}).\n\nQuestion:" in prompt["aqua"]
+    text = "#### 2000 and then The answer is 7."
+    assert tasks["cot"].score(text, tasks["cot"].questions[0])["extracted_strict"] == "7"
+    assert tasks["hashes"].score(text, tasks["hashes"].questions[0])["extracted_strict"] == "2000"
+    with pytest.raises(
+        ConfigError, match=r"benchmark\.tasks\.t\.answer_style: 'boxed' is not one of answer_is, hashes"
+    ):
+        tasks_for(data, t={"task": "gsm8k", "answer_style": "boxed"})
+    with pytest.raises(ConfigError, match=r"benchmark\.tasks\.t\.answer_style: option answers use answer_is"):
+        tasks_for(data, t={"task": "aqua", "shots": 0, "answer_style": "hashes"})
+
+
 # -- limits and bad input -------------------------------------------------------------------------
 
 
@@ -252,7 +278,16 @@ class TableTracker:
 
 
 def test_accuracy_is_the_mean_of_the_recorded_correct_flags(tmp_path, monkeypatch) -> None:
-    answers = iter(["2 boxes hold 2,000 pens.\n#### 2,000", "It is -5 now", "I am not sure.", "The answer is 3"])
+    # gold 2000, -5, 3.5, 3: lm-eval compares strings ("3.50" is not 3.5) and its strict rule needs a
+    # character after the number; the lenient rule compares decimals and reads the last number.
+    answers = iter(
+        [
+            "2 boxes hold 2,000 pens.\nThe answer is 2,000.",
+            "It is -5 now",
+            "The answer is 3.50 dollars.",
+            "The answer is 3",
+        ]
+    )
 
     def canned(model, tokenizer, prompts, *args, **kwargs):
         return [Completion(next(answers), 5) for _ in prompts], GenerationStats(len(prompts), 5 * len(prompts), 1.0)
@@ -263,11 +298,12 @@ def test_accuracy_is_the_mean_of_the_recorded_correct_flags(tmp_path, monkeypatc
     metrics = task.evaluate(None, None, EvalContext(run_dir=tmp_path / "run", tracker=tracker))
     rows = [json.loads(line) for line in (tmp_path / "run" / "predictions" / "gsm8k.jsonl").read_text().splitlines()]
     assert [r["correct"] for r in rows] == [True, True, False, True]
-    assert [r["correct_strict"] for r in rows] == [True, False, False, True]
-    assert metrics == {"acc/gsm8k": 0.75, "acc/gsm8k/strict": 0.5}
+    assert [r["correct_strict"] for r in rows] == [True, False, False, False]
+    assert [r["correct_lenient"] for r in rows] == [True, True, True, True]
+    assert metrics == {"acc/gsm8k": 0.75, "acc/gsm8k/strict": 0.25, "acc/gsm8k/lenient": 1.0}
     assert metrics["acc/gsm8k"] == sum(r["correct"] for r in rows) / len(rows)
     assert set(rows[0]) >= {"id", "question", "generation", "extracted", "gold", "correct"}
-    assert rows[0]["id"] == "gsm8k/test/0" and rows[0]["extracted"] == "2000" and rows[0]["gold"] == "2000"
+    assert rows[0]["id"] == "gsm8k/test/0" and rows[0]["extracted"] == "2,000." and rows[0]["gold"] == "2000"
     assert tracker.tables["predictions/gsm8k"] == rows
     assert (tmp_path / "run" / "predictions" / "gsm8k.prompt.txt").read_text().startswith("Question: Tom has")
 

@@ -28,12 +28,25 @@ class TaskConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """An LLM judge that would decide whether a generation reaches the gold answer, as RESP's protocol
+    does (Qwen3-30B-A3B). Not implemented: with ``enabled=false`` (the default) the lm-eval regex scores
+    are reported, and reports footnote judge-scored published numbers."""
+
+    enabled: bool = False
+    model: str = "Qwen/Qwen3-30B-A3B"  # hub id or local folder of the judge
+    max_new_tokens: int = 512
+
+
+@dataclass
 class BenchmarkConfig:
-    """``benchmark`` group: a suite name, its tasks, and a cap on questions for generative tasks."""
+    """``benchmark`` group: a suite name, its tasks, a cap on questions for generative tasks, and the
+    (off) LLM judge."""
 
     name: str = "offline"
     tasks: dict[str, Any] = field(default_factory=dict)
     limit: int | None = None
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass
@@ -85,6 +98,11 @@ def derived_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 def build_tasks(suite: BenchmarkConfig, data: DataConfig) -> dict[str, Task]:
     """Instantiate and check every task of the suite (before any model is loaded)."""
+    if suite.judge.enabled:
+        raise ConfigError(
+            "benchmark.judge.enabled",
+            "LLM judging is not implemented; set it to false (answers are scored by lm-eval's regex rules)",
+        )
     tasks = {}
     for key, raw in (suite.tasks or {}).items():
         if raw is None:  # a preset or override removed this task (benchmark.tasks.<key>=null)

@@ -1,23 +1,43 @@
-"""Answer extraction from generated chain-of-thought text (DESIGN.md section 7).
+r"""Answer extraction from generated chain-of-thought text (DESIGN.md section 7).
 
-Two rules, both recorded, because GSM8K scores swing with answer matching:
+Two families of rules, both recorded, because GSM8K scores swing with answer matching.
 
-* **strict**: only an explicit final answer counts: ``#### n`` or "The (final) answer is n"
-  (the last one when the model states several).
-* **flexible**: the strict answer if there is one, else the last ``\\boxed{...}``, else the last
-  number in the text. For option letters, flexible also accepts the last option written as ``(B)``
-  or ``B)``, else the last number when it equals exactly one option's value.
+**lm-eval's rules** (``acc/<dataset>`` and ``acc/<dataset>/strict``), so that our accuracies sit beside
+published lm-eval numbers. They reproduce the installed lm-eval's filters and comparison exactly
+(``tests/test_extraction.py`` runs lm-eval's own filter objects as the oracle):
 
-Numbers are compared as decimals after removing thousands commas, currency signs, a trailing percent
-sign and the unicode minus, so "$1,234.50", "1234.5" and "1234.50" are the same answer. A model that
-thinks (Qwen3 ``<think>...</think>``) is judged on the text after its last ``</think>``.
+* numbers (GSM8K, synthetic): *flexible-extract* is the **last** match of
+  ``(-?[$0-9.,]{2,})|(-?[0-9]+)``; *strict-match* is the **first** ``The answer is (\-?[0-9\.\,]+).``
+  (``gsm8k_cot``, the style of our exemplars) or the first ``#### (\-?[0-9\.\,]+)`` (``gsm8k``, with
+  ``answer_style=hashes``). Both are compared to the gold as strings after lm-eval's ``exact_match``
+  with ``regexes_to_ignore`` ``,``, ``\$``, ``(?s).*#### ``, ``\.$`` and ``ignore_case``: "18.00" is not 18.
+* option letters (MathQA, AQuA): lm-eval has no generative variant of either, so we follow its
+  generative multiple-choice tasks (``bbh_cot_zeroshot``): the exemplars end with "The answer is (B).",
+  *strict-match* is the first text after "The answer is " (less its last character), *flexible-extract*
+  is lm-eval's ``MultiChoiceRegexFilter`` (last ``(X)``, else the last option text, else ``: X``), both
+  compared to "(B)" after that task's ``exact_match`` settings.
+
+A thinking model (Qwen3) is judged on the text after its last ``</think>``, as lm-eval's HFLM does
+with ``think_end_token="</think>"``.
+
+**The project's lenient rules** (``acc/<dataset>/lenient``):
+
+* numbers: the last ``#### n`` or "The (final) answer is n", else the last ``\\boxed{...}``, else the
+  last number in the text; compared as decimals after removing thousands commas, currency signs, a
+  trailing percent sign and the unicode minus, so "$1,234.50", "1234.5" and "1234.50" are the same answer.
+* letters: the last explicit letter answer, else a boxed letter, else the last option written as
+  ``(B)`` or ``B)``, else the last number when it equals exactly one option's value.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import cache
 
 CURRENCY = "$€£¥₹"
 # A number: optional sign (not a hyphen inside a word or an expression like 16-3), optional currency,
@@ -37,9 +57,13 @@ STRICT_LETTER = re.compile(rf"(?:####\s*|(?i:{ANSWER_IS}(?:option\s+)?)){LETTER_
 OPTION_MENTION = re.compile(r"(?<![\w(])\(([A-Ea-e])\)|(?<![\w(])([A-E])\)")
 
 
+THINK_END = "</think>"
+
+
 def answer_part(text: str) -> str:
-    """The part of a generation that holds the answer: after the last ``</think>`` when present."""
-    return text.rsplit("</think>", 1)[-1]
+    """The part of a generation that holds the answer: after the last ``</think>`` when present
+    (lm-eval's ``think_end_token`` handling: split, keep the last part, strip its start)."""
+    return text.split(THINK_END)[-1].lstrip()
 
 
 def normalize_number(text: str) -> str | None:
@@ -140,3 +164,111 @@ def same_number(a: str | None, b: str | None) -> bool:
         return False
     x, y = normalize_number(a), normalize_number(b)
     return x is not None and x == y
+
+
+# -- lm-eval's rules ------------------------------------------------------------------------------
+# Patterns and comparison settings as the installed lm-eval's task YAMLs write them.
+FLEXIBLE_NUMBER = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"  # gsm8k, gsm8k_cot: flexible-extract, group_select -1
+STRICT_NUMBER_RULES = {
+    "answer_is": r"The answer is (\-?[0-9\.\,]+).",  # gsm8k_cot strict-match, take_first
+    "hashes": r"#### (\-?[0-9\.\,]+)",  # gsm8k strict-match, take_first
+}
+NUMBER_IGNORE = (",", r"\$", "(?s).*#### ", r"\.$")  # gsm8k exact_match regexes_to_ignore
+# bbh_cot_zeroshot (multiple choice): strict-match and flexible-extract, and its exact_match settings.
+STRICT_LETTER_RULE = (
+    r"((?<=The answer is )(.*)(?=.)|(?<=the answer is )(.*)(?=.)"
+    r"|(?<=The answer: )(.*)(?=.)|(?<=The final answer: )(.*)(?=.))"
+)
+FLEXIBLE_LETTER = r"(\([A-Z]\))"
+LETTER_IGNORE = (r"\.$", ",", r"\\", "\n", '"')
+FALLBACK = "[invalid]"  # what lm-eval's filters return when nothing matches
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """One generation's answers under lm-eval's two filters (None where lm-eval writes "[invalid]")."""
+
+    strict: str | None
+    flexible: str | None
+
+
+def regex_filter(pattern: str, text: str, group_select: int = 0) -> str | None:
+    """lm-eval's ``regex`` filter followed by ``take_first``: the ``group_select``-th match of ``findall``;
+    for a pattern with several groups, its first non-empty group; stripped."""
+    matches = re.findall(pattern, text)
+    if not matches:
+        return None
+    match = matches[group_select]
+    if isinstance(match, tuple):
+        match = next((group for group in match if group), None)
+        if match is None:
+            return None
+    return match.strip()
+
+
+@cache
+def _punctuation_table() -> dict[int, None]:
+    """Every unicode punctuation character, removed by ``ignore_punctuation`` (built once: ~1 s)."""
+    return dict.fromkeys(i for i in range(sys.maxunicode) if unicodedata.category(chr(i)).startswith("P"))
+
+
+def _ignore_case_and_punctuation(text: str) -> str:
+    return text.lower().translate(_punctuation_table())
+
+
+def _pick(pattern: str | re.Pattern[str], text: str, convert: dict[str, str]) -> str:
+    """One step of ``MultiChoiceRegexFilter``: the last match (first non-empty group), converted to its
+    "(X)" form when the conversion knows it; "" when nothing matched."""
+    matches = re.findall(pattern, text)
+    if not matches:
+        return ""
+    match = matches[-1]
+    if isinstance(match, tuple):
+        match = next((group for group in match if group), "")
+    match = match.strip()
+    return convert.get(match, match) if match else match
+
+
+def multi_choice_filter(text: str, choices: Sequence[str]) -> str | None:
+    """lm-eval's ``MultiChoiceRegexFilter`` as bbh_cot_zeroshot configures it (pattern ``(\\([A-Z]\\))``,
+    last match, case and punctuation ignored in the fallback): the last "(X)"; else the last option
+    text found in the case- and punctuation-free response, as "(X)"; else the last ``: X``."""
+    letters = [chr(ord("A") + i) for i in range(len(choices))]
+    found = _pick(FLEXIBLE_LETTER, text, {})
+    if not found:
+        texts = [_ignore_case_and_punctuation(choice.strip()) for choice in choices]
+        by_text = {t: f"({letter})" for t, letter in zip(texts, letters, strict=True)}
+        options = "|".join(sorted((re.escape(t) for t in texts), key=len, reverse=True))
+        found = _pick(options, _ignore_case_and_punctuation(text), by_text)
+    if not found:
+        found = _pick(rf":[\s]*({'|'.join(letters)})", text, {x: f"({x})" for x in letters})
+    return found or None
+
+
+def exact_match(prediction: str | None, gold: str, ignore: Sequence[str]) -> bool:
+    """lm-eval's ``exact_match`` with ``ignore_case``: both strings lose every ``ignore`` regex, are
+    lower-cased and must then be equal ("[invalid]" for a missing prediction, as lm-eval passes it)."""
+    a, b = FALLBACK if prediction is None else prediction, gold
+    for pattern in ignore:
+        a, b = re.sub(pattern, "", a), re.sub(pattern, "", b)
+    return a.lower() == b.lower()
+
+
+def lm_eval_number(text: str, answer_style: str = "answer_is") -> Extracted:
+    """GSM8K answers as lm-eval extracts them (``answer_style``: "answer_is" = gsm8k_cot, "hashes" = gsm8k)."""
+    part = answer_part(text)
+    return Extracted(regex_filter(STRICT_NUMBER_RULES[answer_style], part), regex_filter(FLEXIBLE_NUMBER, part, -1))
+
+
+def lm_eval_letter(text: str, choices: Sequence[str]) -> Extracted:
+    """Option answers as lm-eval's generative multiple-choice tasks extract them ("(B)")."""
+    part = answer_part(text)
+    return Extracted(regex_filter(STRICT_LETTER_RULE, part), multi_choice_filter(part, choices))
+
+
+def number_is_correct(prediction: str | None, gold: str) -> bool:
+    return exact_match(prediction, gold, NUMBER_IGNORE)
+
+
+def letter_is_correct(prediction: str | None, gold_letter: str) -> bool:
+    return exact_match(prediction, f"({gold_letter})", LETTER_IGNORE)

@@ -1,5 +1,12 @@
-"""Perplexity (DESIGN.md section 7): the test text joined with blank lines, tokenised once, cut into
-non-overlapping windows of ``seqlen`` tokens, exp(mean NLL over every predicted token)."""
+"""Perplexity (DESIGN.md section 7) as GPTQ, SparseGPT and Wanda compute it.
+
+The evaluation text is built as they build it: WikiText-2 test rows joined with blank lines; C4's first
+1,100 ``en`` validation documents joined with a single space (GPTQ's ``' '.join(valdata[:1100]['text'])``),
+of which the first 256 windows count (``max_windows`` in the presets); pydoc topics joined with blank
+lines. It is tokenised once, with the tokenizer's BOS token once at the start of the stream when it has
+one (lm-eval's prefix token; what GPTQ's default tokenisation gives LLaMA), and cut into non-overlapping
+windows of ``seqlen`` tokens; the result is exp(mean NLL over every predicted token).
+"""
 
 from __future__ import annotations
 
@@ -27,12 +34,23 @@ class PerplexityConfig(TaskConfig):
     batch_size: int = 1
 
 
+# How each dataset's documents are joined into one stream (recorded in the task settings).
+JOINERS = {"wikitext2": "\n\n", "c4": " ", "pydoc": "\n\n"}
+
+
 def evaluation_text(dataset: str, data: sources.DataConfig) -> str:
     if dataset == "wikitext2":
         return sources.wikitext2_text(data, "test")
     if dataset == "c4":
-        return "\n\n".join(sources.c4_documents(data, "validation"))
+        return JOINERS["c4"].join(sources.c4_documents(data, "validation"))
     return sources.pydoc_text("test")
+
+
+def token_stream(tokenizer: Any, text: str) -> torch.Tensor:
+    """The text's token ids with the tokenizer's BOS once at the start when it has one (never per window)."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return torch.tensor(([bos] if bos is not None else []) + list(ids), dtype=torch.long)
 
 
 @torch.no_grad()
@@ -75,9 +93,11 @@ class Perplexity(Task):
             raise ConfigError(
                 f"{self.field}.seqlen", f"{self.cfg.seqlen} exceeds the model's context of {context} tokens"
             )
-        text = evaluation_text(self.cfg.dataset, self.data)
-        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+        ids = token_stream(tokenizer, evaluation_text(self.cfg.dataset, self.data))
         if ids.numel() < self.cfg.seqlen:
             raise ConfigError(f"{self.field}.seqlen", f"{self.cfg.seqlen} exceeds the text length")
         value = perplexity(model, ids, self.cfg.seqlen, self.cfg.max_windows, self.cfg.batch_size)
         return {f"ppl/{self.cfg.dataset}@{self.cfg.seqlen}": value}
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "joined_with": JOINERS[self.cfg.dataset], "bos": "once at the stream start"}

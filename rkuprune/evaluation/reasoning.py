@@ -1,17 +1,19 @@
 """Generative chain-of-thought benchmarks: ``gsm8k``, ``mathqa``, ``aqua`` and the offline ``synthetic``
 arithmetic problems (DESIGN.md section 7).
 
-The model writes a solution; the answer is extracted with a strict and a flexible rule
-(:mod:`rkuprune.evaluation.extraction`). Keys: ``acc/<dataset>`` (flexible) and
-``acc/<dataset>/strict``, as **fractions in [0, 1]** like lm-eval's ``acc`` (reports multiply by 100
-to compare with published percentages). Every question is recorded in
+The model writes a solution; the answer is extracted and compared as lm-eval does
+(:mod:`rkuprune.evaluation.extraction`). Keys: ``acc/<dataset>`` (lm-eval's flexible-extract),
+``acc/<dataset>/strict`` (lm-eval's strict-match) and ``acc/<dataset>/lenient`` (the project's lenient
+rule), as **fractions in [0, 1]** like lm-eval's ``acc`` (reports multiply by 100 to compare with
+published percentages). Every question is recorded in
 ``<run_dir>/predictions/<dataset>.jsonl`` and as a tracker table.
 
 Why by hand and not lm-eval's ``generate_until``: generation itself is one ``model.generate`` call;
-what lm-eval cannot do is the rest. Its regex filters cannot express the extraction rules (boxed
-answers, decimals, an option recovered from its value), its tasks cannot read the project's local
-files without a Python module beside each YAML, and it does not write the per-question records this
-project keeps. Log-likelihood tasks, which lm-eval does fully, go through it (``lm_eval_bridge``).
+what lm-eval cannot do is the rest: its tasks cannot read the project's local files without a Python
+module beside each YAML, it has no generative MathQA or AQuA task, and it does not write the
+per-question records this project keeps. Its answer filters are reproduced exactly, and checked
+against lm-eval's own filter objects in the tests. Log-likelihood tasks, which lm-eval does fully, go
+through it (``lm_eval_bridge``).
 
 Prompts: ``shots`` exemplars from a train/dev split (never the evaluated split: any exemplar whose
 text also occurs in the evaluated split is dropped from the pool), either as plain text
@@ -38,9 +40,12 @@ from rkuprune.evaluation.base import TASKS, BenchmarkConfig, EvalContext, Task, 
 from rkuprune.generation import Sampling, generate
 from rkuprune.tracking.atomic import write_text
 
-NUMBER_INSTRUCTION = 'Solve the problem step by step, then finish with "The answer is N." where N is the final number.'
+NUMBER_INSTRUCTIONS = {
+    "answer_is": 'Solve the problem step by step, then finish with "The answer is N." where N is the final number.',
+    "hashes": 'Solve the problem step by step, then finish with a line "#### N" where N is the final number.',
+}
 LETTER_INSTRUCTION = (
-    'Solve the problem step by step, then finish with "The answer is X." where X is the letter of the correct option.'
+    'Solve the problem step by step, then finish with "The answer is (X)." where X is the letter of the correct option.'
 )
 # Exemplars with longer worked solutions are left out of the pool so that k shots fit a small context.
 MAX_EXEMPLAR_CHARS = 700
@@ -64,6 +69,9 @@ class ReasoningConfig(TaskConfig):
     top_k: int = 20
     batch_size: int = 8
     fewshot_seed: int = 0  # which exemplars are drawn from the pool
+    # How exemplars state a number answer, and so lm-eval's strict rule: "answer_is" ("The answer is N.",
+    # gsm8k_cot) or "hashes" ("#### N", gsm8k). Option answers are always "The answer is (X)."
+    answer_style: str = "answer_is"
 
 
 @dataclass
@@ -80,7 +88,12 @@ def format_question(q: Question) -> str:
     return f"{q.question}\nAnswer Choices: {options}"
 
 
-def format_answer(q: Question) -> str:
+def format_answer(q: Question, answer_style: str = "answer_is") -> str:
+    """An exemplar's worked solution ending the way lm-eval's strict rule for the style reads it."""
+    if q.choices:
+        return f"{q.solution.strip()}\nThe answer is ({q.gold})."
+    if answer_style == "hashes":
+        return f"{q.solution.strip()}\n#### {q.gold}"
     return f"{q.solution.strip()}\nThe answer is {q.gold}."
 
 
@@ -123,6 +136,11 @@ class ReasoningTask(Task):
             raise ConfigError(f"{where}.temperature", "must be positive when do_sample=true")
         if cfg.do_sample and not 0 < cfg.top_p <= 1:
             raise ConfigError(f"{where}.top_p", "must be in (0, 1]")
+        if cfg.do_sample and cfg.top_k < 0:
+            raise ConfigError(f"{where}.top_k", f"must be at least 0 (0 = no top-k cut), got {cfg.top_k}")
+        if cfg.answer_style not in extraction.STRICT_NUMBER_RULES:
+            styles = ", ".join(extraction.STRICT_NUMBER_RULES)
+            raise ConfigError(f"{where}.answer_style", f"'{cfg.answer_style}' is not one of {styles}")
         if not cfg.chat and (cfg.enable_thinking is not None or cfg.system_prompt is not None):
             field = "enable_thinking" if cfg.enable_thinking is not None else "system_prompt"
             raise ConfigError(f"{where}.{field}", f"applies to chat prompts only; set {where}.chat=true")
@@ -135,6 +153,8 @@ class ReasoningTask(Task):
         if not questions:
             raise DataError(f"{self.dataset}/{self.eval_split} has no questions (needed by {where})")
         self.split_size = len(questions)
+        if questions[0].choices and cfg.answer_style != "answer_is":
+            raise ConfigError(f"{where}.answer_style", "option answers use answer_is; hashes is for number answers")
         if limit is not None and limit > len(questions):
             print(
                 f"warning: benchmark.limit={limit} exceeds the {len(questions)} questions of "
@@ -169,37 +189,66 @@ class ReasoningTask(Task):
             "prompt": "chat" if self.cfg.chat else "plain",
             "instruction": self.instruction if self.cfg.chat or not self.exemplars else None,
             "stop": ["<eos>"] if self.cfg.chat else ["<eos>", *PLAIN_STOP],
-            "answer_rules": {"flexible": f"acc/{self.dataset}", "strict": f"acc/{self.dataset}/strict"},
+            "answer_rules": self.answer_rules(),
+        }
+
+    def answer_rules(self) -> dict[str, str]:
+        """Which rule each accuracy key used (recorded, so a number says how it was scored)."""
+        key = f"acc/{self.dataset}"
+        if self.multiple_choice:
+            lm_eval = "lm-eval bbh_cot_zeroshot rules (strict 'The answer is (X)', flexible MultiChoiceRegexFilter)"
+        else:
+            task = "gsm8k_cot" if self.cfg.answer_style == "answer_is" else "gsm8k"
+            lm_eval = f"lm-eval {task} rules ({extraction.STRICT_NUMBER_RULES[self.cfg.answer_style]!r} first)"
+        return {
+            key: f"{lm_eval}: flexible-extract",
+            f"{key}/strict": f"{lm_eval}: strict-match",
+            f"{key}/lenient": "project lenient rule (last explicit answer, boxed, last number; decimals compared)",
         }
 
     # -- prompts ------------------------------------------------------------------------------
     @property
     def instruction(self) -> str:
-        return LETTER_INSTRUCTION if self.multiple_choice else NUMBER_INSTRUCTION
+        return LETTER_INSTRUCTION if self.multiple_choice else NUMBER_INSTRUCTIONS[self.cfg.answer_style]
 
     def prompt(self, q: Question, tokenizer: Any) -> str:
         if not self.cfg.chat:
-            shots = "".join(f"Question: {format_question(e)}\nAnswer: {format_answer(e)}\n\n" for e in self.exemplars)
+            shots = "".join(
+                f"Question: {format_question(e)}\nAnswer: {format_answer(e, self.cfg.answer_style)}\n\n"
+                for e in self.exemplars
+            )
             header = "" if self.exemplars else f"{self.instruction}\n\n"
             return f"{header}{shots}Question: {format_question(q)}\nAnswer:"
         messages = [] if self.cfg.system_prompt is None else [{"role": "system", "content": self.cfg.system_prompt}]
         for e in self.exemplars:
             messages.append({"role": "user", "content": f"{format_question(e)}\n{self.instruction}"})
-            messages.append({"role": "assistant", "content": format_answer(e)})
+            messages.append({"role": "assistant", "content": format_answer(e, self.cfg.answer_style)})
         messages.append({"role": "user", "content": f"{format_question(q)}\n{self.instruction}"})
         extra = {} if self.cfg.enable_thinking is None else {"enable_thinking": self.cfg.enable_thinking}
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
 
     # -- scoring ------------------------------------------------------------------------------
-    def extract(self, text: str, q: Question) -> tuple[str | None, str | None]:
-        """(strict, flexible) answers of one generation."""
+    def score(self, text: str, q: Question) -> dict[str, Any]:
+        """One generation's answers and correctness under lm-eval's flexible and strict rules and the
+        project's lenient rule (the record's fields)."""
         if q.choices:
-            return extraction.strict_letter(text, len(q.choices)), extraction.flexible_letter(text, q.choices)
-        return extraction.strict_number(text), extraction.flexible_number(text)
-
-    @staticmethod
-    def is_correct(answer: str | None, q: Question) -> bool:
-        return answer == q.gold if q.choices else extraction.same_number(answer, q.gold)
+            rules = extraction.lm_eval_letter(text, q.choices)
+            lenient = extraction.flexible_letter(text, q.choices)
+            correct = extraction.letter_is_correct
+            lenient_correct = lenient == q.gold
+        else:
+            rules = extraction.lm_eval_number(text, self.cfg.answer_style)
+            lenient = extraction.flexible_number(text)
+            correct = extraction.number_is_correct
+            lenient_correct = extraction.same_number(lenient, q.gold)
+        return {
+            "extracted": rules.flexible,
+            "correct": correct(rules.flexible, q.gold),
+            "extracted_strict": rules.strict,
+            "correct_strict": correct(rules.strict, q.gold),
+            "extracted_lenient": lenient,
+            "correct_lenient": lenient_correct,
+        }
 
     def evaluate(self, model: nn.Module, tokenizer: Any, ctx: EvalContext) -> dict[str, float]:
         if not self.questions:
@@ -226,17 +275,13 @@ class ReasoningTask(Task):
         )
         rows = []
         for q, completion in zip(self.questions, completions, strict=True):
-            strict, flexible = self.extract(completion.text, q)
             rows.append(
                 {
                     "id": q.id,
                     "question": q.question,
                     "generation": completion.text,
-                    "extracted": flexible,
                     "gold": q.gold,
-                    "correct": self.is_correct(flexible, q),
-                    "extracted_strict": strict,
-                    "correct_strict": self.is_correct(strict, q),
+                    **self.score(completion.text, q),
                 }
             )
         print(
@@ -244,7 +289,7 @@ class ReasoningTask(Task):
             f"{stats.seconds:.1f} s ({stats.tokens_per_s:.1f} tokens/s, batch {cfg.batch_size})",
             file=sys.stderr,
         )
-        if all(row["extracted"] is None for row in rows):
+        if all(row["extracted"] is None and row["extracted_lenient"] is None for row in rows):
             print(
                 f"warning: {self.field}: no answer could be extracted from any of the {len(rows)} generations; "
                 "the accuracy of 0 reflects unparseable output (see the predictions)",
@@ -255,6 +300,7 @@ class ReasoningTask(Task):
         return {
             f"acc/{self.dataset}": sum(r["correct"] for r in rows) / n,
             f"acc/{self.dataset}/strict": sum(r["correct_strict"] for r in rows) / n,
+            f"acc/{self.dataset}/lenient": sum(r["correct_lenient"] for r in rows) / n,
         }
 
     def check_context(self, model: nn.Module, tokenizer: Any, prompts: list[str]) -> None:

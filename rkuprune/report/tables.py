@@ -1,11 +1,12 @@
 """Sweep tables: rows = model and scorer (variant), columns = target sparsity x metric, a dense row per
-model, and the published value beside ours where model, method, sparsity and metric match."""
+model, and the published value beside ours where model, method, sparsity and metric match; a published
+value scored differently from ours (RESP's LLM judge) carries a footnote mark."""
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rkuprune.report.collect import Collection
 from rkuprune.report.published import published_value
@@ -28,6 +29,7 @@ def shown(metric: str, value: float | None) -> str:
 class Table:
     columns: list[tuple[float, str]]  # (target sparsity, metric); sparsity 0.0 = dense
     rows: list[tuple[str, str, dict[tuple[float, str], str]]]  # (model, label, cells)
+    notes: list[str] = field(default_factory=list)  # footnotes, marked in cells by their number
 
     def header(self) -> list[str]:
         return ["model", "method", *[f"{'dense' if s == 0 else f's={s:g}'} {m}" for s, m in self.columns]]
@@ -41,6 +43,7 @@ def build_table(collection: Collection) -> Table:
     sparsities = sorted({r.target for r in collection.runs})
     columns = [(s, m) for s in sparsities for m in metrics]
     rows: list[tuple[str, str, dict[tuple[float, str], str]]] = []
+    notes: list[str] = []
     for model in collection.models:
         runs = [r for r in collection.runs if r.model == model]
         dense = {k: v for r in runs for k, v in r.dense.items()}
@@ -52,10 +55,19 @@ def build_table(collection: Collection) -> Table:
                     text = shown(metric, run.metrics.get(metric))
                     paper = published_value(model, run.scorer, run.target, metric)
                     if paper is not None:
-                        text = f"{text} (paper {paper.value:g})"
+                        mark = ""
+                        if paper.note:
+                            if paper.note not in notes:
+                                notes.append(paper.note)
+                            mark = f"[{notes.index(paper.note) + 1}]"
+                        text = f"{text} (paper {paper.value:g}{mark})"
                     cells[(run.target, metric)] = text
             rows.append((model, label, cells))
-    return Table(columns, rows)
+    return Table(columns, rows, notes)
+
+
+def footnotes(table: Table) -> list[str]:
+    return [f"[{i}] {note}." for i, note in enumerate(table.notes, start=1)]
 
 
 def to_csv(table: Table) -> str:
@@ -70,7 +82,8 @@ def to_markdown(table: Table) -> str:
     header = table.header()
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table.body()]
-    return "\n".join(lines) + "\n\nAccuracies in %, perplexities as exp(mean NLL); (paper x) = published value.\n"
+    legend = "Accuracies in %, perplexities as exp(mean NLL); (paper x) = published value."
+    return "\n".join([*lines, "", legend, *footnotes(table)]) + "\n"
 
 
 def _tex_escape(text: str) -> str:
@@ -89,4 +102,5 @@ def to_latex(table: Table) -> str:
     ]
     lines += [" & ".join(_tex_escape(cell) for cell in row) + r" \\" for row in table.body()]
     lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [_tex_escape(note) + r"\\" for note in footnotes(table)]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,46 @@
+"""Published numbers beside ours: RESP's judge-scored accuracies carry a footnote, others do not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rkuprune.data.sources import DataConfig
+from rkuprune.errors import ConfigError
+from rkuprune.evaluation.base import BenchmarkConfig, JudgeConfig, build_tasks
+from rkuprune.report.collect import Collection, Run
+from rkuprune.report.published import RESP_JUDGED
+from rkuprune.report.tables import build_table, to_latex, to_markdown
+
+
+def run(model: str, scorer: str, metrics: dict[str, float]) -> Run:
+    return Run(Path("."), model, scorer, "", 0.4, 0.4, metrics, {}, {})
+
+
+def test_judge_scored_paper_values_are_footnoted() -> None:
+    collection = Collection(
+        runs=[
+            run("qwen3-8b", "resp", {"acc/gsm8k": 0.5, "acc/mathqa": 0.25}),
+            run("llama3-8b", "gisp", {"ppl/wikitext2@128": 50.0}),
+        ]
+    )
+    table = build_table(collection)
+    cells = {(m, label): cells for m, label, cells in table.rows}
+    assert cells[("qwen3-8b", "resp")][(0.4, "acc/gsm8k")] == "50.00 (paper 81.3[1])"
+    assert cells[("qwen3-8b", "resp")][(0.4, "acc/mathqa")] == "25.00 (paper 59.6[1])"  # one note, one number
+    assert cells[("llama3-8b", "gisp")][(0.4, "ppl/wikitext2@128")] == "50.00 (paper 46.1)"  # not judged
+    assert table.notes == [RESP_JUDGED]
+    assert to_markdown(table).rstrip().endswith(f"[1] {RESP_JUDGED}.")
+    assert "judge-scored" in to_latex(table)
+
+
+def test_tables_without_judged_numbers_have_no_footnote() -> None:
+    table = build_table(Collection(runs=[run("llama3-8b", "gisp", {"ppl/wikitext2@128": 50.0})]))
+    assert table.notes == [] and to_markdown(table).endswith("published value.\n")
+
+
+def test_the_judge_is_off_by_default_and_refused_when_on() -> None:
+    assert BenchmarkConfig().judge.enabled is False
+    with pytest.raises(ConfigError, match=r"^benchmark\.judge\.enabled: LLM judging is not implemented"):
+        build_tasks(BenchmarkConfig(judge=JudgeConfig(enabled=True)), DataConfig())
