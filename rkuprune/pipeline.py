@@ -47,6 +47,7 @@ def prepare(cfg: RunConfig) -> Stages:
     cfg.pruning.check()
     check_model_config(cfg.model)
     scorer = SCORERS.build(cfg.scorer, "scorer")
+    scorer.bind(cfg.pruning)
     scorer.check()
     calibration = None
     if scorer.needs_calibration:

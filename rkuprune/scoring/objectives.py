@@ -10,6 +10,11 @@ import torch
 from torch import nn
 
 
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 promoted to fp32 for the loss; fp64 kept (float64 tests compare without fp32 rounding)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 class Objective:
     """A per-token quantity on the final hidden state (after the final norm) and the tokens it counts."""
 
@@ -26,14 +31,14 @@ class Objective:
         raise NotImplementedError
 
     def total(self, model: nn.Module, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The objective summed over the counted tokens of the batch (fp32)."""
-        values = self.per_token(model, hidden.float(), batch)
+        """The objective summed over the counted tokens of the batch (at least fp32)."""
+        values = self.per_token(model, at_least_fp32(hidden), batch)
         return torch.where(self.weights(batch).to(values.device), values, 0.0).sum()
 
 
 def _logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     head = model.get_output_embeddings()
-    return head(hidden.to(head.weight.dtype)).float()
+    return at_least_fp32(head(hidden.to(head.weight.dtype)))
 
 
 class Energy(Objective):
