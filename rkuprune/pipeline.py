@@ -26,6 +26,7 @@ from rkuprune.models.loading import LoadedModel, cache_dir, check_model_config, 
 from rkuprune.models.params import count_params, sparsity, total_reduction
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import apply_plan
+from rkuprune.report.plan_picture import plot_plan
 from rkuprune.scoring.base import SCORERS, Scorer
 from rkuprune.tracking.atomic import write_json
 from rkuprune.tracking.records import RESULTS_FILE, RunRecord
@@ -48,6 +49,7 @@ def prepare(cfg: RunConfig) -> Stages:
     cfg.pruning.check()
     check_model_config(cfg.model)
     scorer = SCORERS.build(cfg.scorer, "scorer")
+    scorer.bind(cfg.pruning)
     scorer.check()
     calibration = None
     if scorer.needs_calibration:
@@ -286,8 +288,9 @@ def finish(
     tracker: Tracker,
     run_dir: Path,
 ) -> None:
-    """Write the plan, the metrics, the model if asked, and tell the tracker."""
+    """Write the plan (and its picture), the metrics, the model if asked, and tell the tracker."""
     plan.save(run_dir / "pruning_plan.json")
+    plot_plan(plan, run_dir / "pruning_plan.png", title=f"{cfg.model.name} {cfg.scorer.name}")
     record.update("metrics", metrics)
     if cfg.save_model:
         save_pruned(loaded.model, loaded.tokenizer, plan, run_dir / "model")

@@ -23,21 +23,22 @@ from rkuprune.models.loading import LoadedModel, load_model
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import head_rows
 from rkuprune.scoring import SCORERS, Scorer
-from rkuprune.scoring.capture import Site, run_calibration, to_scores
+from rkuprune.scoring.capture import Site, run_calibration, sites, to_scores
 from rkuprune.scoring.flap import FLAPConfig, FLAPScorer
 from rkuprune.scoring.objectives import OBJECTIVES
-from rkuprune.scoring.rku import KineticUtility, RKUConfig, RKUScorer, normalise
-from rkuprune.scoring.taylor import TaylorConfig, TaylorScorer
-from rkuprune.scoring.wanda_sp import WandaSPConfig, WandaSPScorer
+from rkuprune.scoring.rku import KineticUtility, RKUConfig, RKUScorer, live_units, normalise
 from tests.conftest import TINY_ARCHS, model_config, tiny
-from tests.test_capture import captured_inputs, expected_mask, padded_calibration
+from tests.test_capture import expected_mask, padded_calibration
 
 CALIBRATED = ("rku", "wanda_sp", "flap", "taylor")
 GRANULARITIES = ("q_head", "kv_group", "none")
 
 
 def build(name: str, **fields: object) -> Scorer:
-    return SCORERS.build(SCORERS.get(name).config(**fields))
+    """A scorer bound to a uniform 30% plan (what a sequential wanda_sp prunes while it scores)."""
+    scorer = SCORERS.build(SCORERS.get(name).config(**fields))
+    scorer.bind(PruningConfig(sparsity=0.3, allocation="uniform"))
+    return scorer
 
 
 def synthetic(tokenizer: object, seed: int = 0) -> CalibrationSet:
@@ -81,7 +82,7 @@ def hand_objective(model: nn.Module, calibration: CalibrationSet, objective: str
 
 @pytest.mark.parametrize("objective", ["energy", "lm_loss", "entropy"])
 def test_rku_equals_explicit_autograd_on_captured_activations(objective: str) -> None:
-    model = tiny("tiny-llama").model
+    model = tiny("tiny-llama").model.double()  # float64: the comparison does not hang on the CPU's fp32 kernels
     model.model.embed_tokens.weight.requires_grad_(False)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     calibration = padded_calibration(batch_size=2)
@@ -108,7 +109,8 @@ def test_rku_equals_explicit_autograd_on_captured_activations(objective: str) ->
         for unit in (0, 5, got.numel() - 1):
             cols = unit_columns(block, unit, adapter.head_dim)
             expected = (act[..., cols] * grad[..., cols]).sum(-1).abs()[mask].mean()
-            torch.testing.assert_close(got[unit], expected.detach(), rtol=1e-4, atol=1e-9)
+            # Everything is float64 up to the fp32 rounding of the returned score (2^-24 relative).
+            torch.testing.assert_close(got[unit].double(), expected.detach(), rtol=2**-23, atol=1e-12)
 
 
 def test_kinetic_reduction_and_normalisations_match_a_hand_example() -> None:
@@ -164,67 +166,31 @@ def test_block_relative_plan_ignores_a_block_wide_scale() -> None:
     assert plan("none", "q_head", False).layers != plan("none", "q_head", True).layers
 
 
-# --- wanda_sp, flap, taylor against hand computations ------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
-def test_wanda_sp_and_flap_match_hand_computation(name: str) -> None:
-    model = one_layer(name).model
-    calibration = padded_calibration(batch_size=2)
-    wanda = WandaSPScorer(WandaSPConfig()).score(model, calibration)
-    flap_scorer = FLAPScorer(FLAPConfig())
-    flap = flap_scorer.score(model, calibration)
-    inputs = captured_inputs(model, calibration)
-    adapter = adapter_for(model)
-    layer = adapter.layers()[0]
-    for block, linear in (("attention", adapter.attention(layer).o), ("mlp", adapter.mlp(layer).down)):
-        x, w = inputs[(0, block)], linear.weight.detach().double()
-        norm = x.pow(2).sum(0).sqrt()
-        fluctuation = x.var(0) * w.pow(2).sum(0)
-        z = (fluctuation - fluctuation.mean()) / fluctuation.std()
-        units = x.shape[1] // (adapter.head_dim if block == "attention" else 1)
-        cols = [unit_columns(block, u, adapter.head_dim) for u in range(units)]
-        expected_wanda = torch.stack([(w[:, c].abs() * norm[c]).sum() for c in cols])
-        expected_flap = torch.stack([z[c].mean() for c in cols])
-        got_wanda = wanda.layers[0].heads if block == "attention" else wanda.layers[0].channels
-        got_flap = flap.layers[0].heads if block == "attention" else flap.layers[0].channels
-        torch.testing.assert_close(got_wanda.double(), expected_wanda, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(got_flap.double(), expected_flap, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(flap_scorer.means[(0, block)].double(), x.mean(0), rtol=1e-5, atol=1e-6)
-
-
-def test_taylor_matches_loss_gradients_by_hand() -> None:
-    model = one_layer("tiny-llama").model
-    calibration = padded_calibration(batch_size=6)  # one batch: LLM-Pruner's score exactly
-    scores = TaylorScorer(TaylorConfig()).score(model, calibration)
-    assert all(p.grad is None for p in model.parameters())
-    assert all(p.requires_grad for p in model.parameters())
-    per_layer = TaylorScorer(TaylorConfig(scope="layer")).score(model, calibration)
-
-    reference = copy.deepcopy(model)
-    ids, attention = calibration.input_ids, calibration.attention_mask
-    after_real = torch.zeros_like(calibration.loss_mask)
-    after_real[:, 1:] = attention[:, :-1].bool()
-    labels = ids.masked_fill(~(calibration.loss_mask & attention.bool() & after_real), -100)
-    reference(input_ids=ids, attention_mask=attention, labels=labels).loss.backward()
-    adapter = adapter_for(reference)
-    s = adapter.structures()[0]
-    attn, mlp = adapter.attention(adapter.layers()[0]), adapter.mlp(adapter.layers()[0])
-    sal = {n: (lin.weight * lin.weight.grad).abs().double() for n, lin in {**vars(attn), **vars(mlp)}.items()}
-    hd = s.head_dim
-    for h in range(s.num_q_heads):
-        kv = slice(s.kv_of(h) * hd, (s.kv_of(h) + 1) * hd)
-        expected = (
-            sal["q"][h * hd : (h + 1) * hd].sum()
-            + sal["o"][:, h * hd : (h + 1) * hd].sum()
-            + (sal["k"][kv].sum() + sal["v"][kv].sum()) / s.group_size
-        )
-        torch.testing.assert_close(scores.layers[0].heads[h].double(), expected, rtol=1e-4, atol=1e-9)
-    expected_channels = sal["gate"].sum(1) + sal["up"].sum(1) + sal["down"].sum(0)
-    torch.testing.assert_close(scores.layers[0].channels.double(), expected_channels, rtol=1e-4, atol=1e-9)
-    total = scores.layers[0].heads.sum() + scores.layers[0].channels.sum()
-    torch.testing.assert_close(per_layer.layers[0].heads, scores.layers[0].heads / total)
-    torch.testing.assert_close(per_layer.layers[0].channels, scores.layers[0].channels / total)
+def test_block_mean_counts_only_the_units_a_masked_model_still_has() -> None:
+    """rku_iterative scores a masked model: removed units (zero o/down columns) must not dilute the block mean."""
+    loaded = tiny("tiny-llama")
+    model = loaded.model.double()
+    structures = adapter_for(model).structures()
+    plan = PruningPlan.dense(structures)
+    plan.layers[1].q_heads = [0, 1, 4, 5]  # two of four heads per KV group removed
+    plan.layers[1].mlp_channels = list(range(0, 96, 3))  # two thirds of the channels removed
+    apply_plan(model, plan, "mask")
+    calibration = synthetic(loaded.tokenizer)
+    raw = RKUScorer(RKUConfig(normalisation="none")).score(model, calibration).layers[1]
+    relative = RKUScorer(RKUConfig()).score(model, calibration).layers[1]
+    for values, normalised, kept, size in (
+        (raw.heads, relative.heads, plan.layers[1].q_heads, 8),
+        (raw.channels, relative.channels, plan.layers[1].mlp_channels, 96),
+    ):
+        gone = sorted(set(range(size)) - set(kept))
+        assert torch.all(values[gone] == 0)  # a masked unit writes nothing: zero utility
+        torch.testing.assert_close(normalised, values / values[kept].mean(), rtol=2**-22, atol=0)
+        assert not torch.allclose(normalised, values / values.mean())  # counting zeros would inflate survivors
+    sites_of_layer = [site for site in sites(model) if site.layer == 1]
+    assert [live_units(site).nonzero().flatten().tolist() for site in sites_of_layer] == [
+        plan.layers[1].q_heads,
+        plan.layers[1].mlp_channels,
+    ]
 
 
 # --- FLAP bias compensation ------------------------------------------------------------------------
@@ -347,7 +313,12 @@ def test_every_scorer_prunes_every_architecture_at_every_granularity(name: str, 
 
 @pytest.mark.parametrize(
     ("name", "field", "value"),
-    [("rku", "objective", "kinetic"), ("rku", "normalisation", "zscore"), ("taylor", "scope", "block")],
+    [
+        ("rku", "objective", "kinetic"),
+        ("rku", "normalisation", "zscore"),
+        ("taylor", "scope", "block"),
+        ("wanda_sp", "flow", "layerwise"),
+    ],
 )
 def test_unknown_choices_are_errors_naming_the_field(name: str, field: str, value: str) -> None:
     scorer = build(name, **{field: value})

@@ -6,8 +6,17 @@ per unprotected layer for ``uniform``. Every layer keeps at least one query head
 one KV head and one MLP channel; a target that cannot be met is an error, never a silent clip.
 
 Attention units depend on ``pruning.granularity``: ``q_head`` removes one query head from every KV
-group at once (the k-th lowest of each group; score = their sum), ``kv_group`` removes a KV head with
-its query heads (score = the sum of its query heads), ``none`` removes no attention.
+group at once (the k-th lowest of each group), ``kv_group`` removes a KV head with its query heads,
+``none`` removes no attention.
+
+Fair ranking rule (``global``): every query head and every MLP channel is one entry of the ranking, on
+its own per-unit scale; a unit made of several heads is never scored by their sum (which would make
+it look g times as important and shield attention). A layer's attention then loses units in
+proportion to its heads below the global threshold: n heads below remove round(n / num_kv_heads) heads
+from every KV group (``q_head``, the lowest of each group) or round(n / group_size) KV groups, lowest
+mean score first (``kv_group``). Every unit is charged its real parameter cost (each member head, plus
+the KV head for ``kv_group``), and the threshold rises until the budget is met. With scores of one
+distribution for heads and channels, attention and MLP lose the same share of their parameters.
 """
 
 from __future__ import annotations
@@ -16,13 +25,13 @@ import math
 from dataclasses import dataclass, field
 
 from rkuprune.errors import ConfigError
-from rkuprune.models.plan import LayerPlan, PruningPlan
+from rkuprune.models.plan import PruningPlan
 from rkuprune.models.structures import LayerStructure, Structures
 from rkuprune.registry import Registry
 from rkuprune.scoring.base import LayerScores, Scores
 
 GRANULARITIES = ("q_head", "kv_group", "none")
-PROTECTION_RULES = ("none", "gisp")
+PROTECTION_RULES = ("none", "gisp", "llm_pruner")
 SCHEDULES = ("oneshot", "iterative")
 
 
@@ -34,7 +43,7 @@ class PruningConfig:
     granularity: str = "q_head"
     allocation: str = "global"
     protected_layers: list[int] = field(default_factory=list)
-    protection_rule: str = "none"  # "gisp": also protect the first 10% of layers and the last
+    protection_rule: str = "none"  # "gisp": first 10% of layers and the last; "llm_pruner": first 4, last 2
     schedule: str = "oneshot"  # "iterative": linear ratio over `steps`, re-scoring the masked model each step
     steps: int = 8
     milestones: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])  # plans recorded here
@@ -76,6 +85,8 @@ def protected_layers(cfg: PruningConfig, num_layers: int) -> set[int]:
         raise ConfigError("pruning.protected_layers", f"layer {bad[0]} does not exist (the model has {num_layers})")
     if cfg.protection_rule == "gisp":
         protected |= set(range(int(0.1 * num_layers))) | {num_layers - 1}  # as GISP: layers outside [L//10, L-1)
+    elif cfg.protection_rule == "llm_pruner":  # LLM-Pruner's Llama-3 script prunes layers [4, L-2)
+        protected |= set(range(min(4, num_layers))) | set(range(max(num_layers - 2, 0), num_layers))
     return protected
 
 
@@ -90,6 +101,11 @@ class Unit:
     cost: int
 
 
+def per_head_score(heads: list[float], members: tuple[int, ...]) -> float:
+    """A multi-head unit's score on the single-head scale: the mean of its members (the fair rule above)."""
+    return sum(heads[h] for h in members) / len(members)
+
+
 def attention_units(s: LayerStructure, scores: LayerScores, granularity: str) -> list[Unit]:
     """Removable attention units of a layer in the order they must go (never the last one)."""
     heads = scores.heads.tolist()
@@ -98,22 +114,21 @@ def attention_units(s: LayerStructure, scores: LayerScores, granularity: str) ->
             sorted(range(kv * s.group_size, (kv + 1) * s.group_size), key=lambda h: heads[h])
             for kv in range(s.num_kv_heads)
         ]
-        return [
-            Unit(
-                s.index,
-                "attention",
-                tuple(group[k] for group in groups),
-                sum(heads[group[k]] for group in groups),
-                s.num_kv_heads * s.q_head_cost,
-            )
-            for k in range(s.group_size - 1)
-        ]
+        members = [tuple(group[k] for group in groups) for k in range(s.group_size - 1)]
+        cost = s.num_kv_heads * s.q_head_cost
+        return [Unit(s.index, "attention", m, per_head_score(heads, m), cost) for m in members]
     if granularity == "kv_group":
-        kv_scores = [sum(heads[kv * s.group_size : (kv + 1) * s.group_size]) for kv in range(s.num_kv_heads)]
+        groups = [tuple(range(kv * s.group_size, (kv + 1) * s.group_size)) for kv in range(s.num_kv_heads)]
+        kv_scores = [per_head_score(heads, group) for group in groups]
         order = sorted(range(s.num_kv_heads), key=lambda kv: kv_scores[kv])[:-1]
         cost = s.kv_head_cost + s.group_size * s.q_head_cost
         return [Unit(s.index, "attention", (kv,), kv_scores[kv], cost) for kv in order]
     return []
+
+
+def heads_per_unit(s: LayerStructure, granularity: str) -> int:
+    """Query heads one attention unit removes: one per KV group (``q_head``) or a whole group (``kv_group``)."""
+    return s.num_kv_heads if granularity == "q_head" else s.group_size
 
 
 def channel_units(s: LayerStructure, scores: LayerScores) -> list[Unit]:
@@ -125,19 +140,22 @@ def channel_units(s: LayerStructure, scores: LayerScores) -> list[Unit]:
 def plan_without(structures: Structures, removed: list[Unit], granularity: str, base_model: str) -> PruningPlan:
     """The dense plan minus the removed units."""
     plan = PruningPlan.dense(structures, base_model=base_model)
+    gone: dict[tuple[int, str], set[int]] = {}
     for unit in removed:
-        layer_plan: LayerPlan = plan.layers[unit.layer]
         s = structures[unit.layer]
         if unit.kind == "channel":
-            layer_plan.mlp_channels.remove(unit.members[0])
+            gone.setdefault((unit.layer, "channels"), set()).add(unit.members[0])
         elif granularity == "q_head":
-            for head in unit.members:
-                layer_plan.q_heads.remove(head)
+            gone.setdefault((unit.layer, "heads"), set()).update(unit.members)
         else:
             kv = unit.members[0]
-            layer_plan.kv_heads.remove(kv)
-            group = set(range(kv * s.group_size, (kv + 1) * s.group_size))
-            layer_plan.q_heads = [h for h in layer_plan.q_heads if h not in group]
+            gone.setdefault((unit.layer, "kv"), set()).add(kv)
+            gone.setdefault((unit.layer, "heads"), set()).update(range(kv * s.group_size, (kv + 1) * s.group_size))
+    for layer_plan in plan.layers:
+        i = layer_plan.index
+        layer_plan.mlp_channels = [c for c in layer_plan.mlp_channels if c not in gone.get((i, "channels"), ())]
+        layer_plan.q_heads = [h for h in layer_plan.q_heads if h not in gone.get((i, "heads"), ())]
+        layer_plan.kv_heads = [kv for kv in layer_plan.kv_heads if kv not in gone.get((i, "kv"), ())]
     return plan
 
 
@@ -180,25 +198,44 @@ ALLOCATORS: Registry[Allocator] = Registry("allocator")
 
 @ALLOCATORS.register("global")
 class GlobalAllocator(Allocator):
-    """One ranking of every removable unit of every unprotected layer, lowest score first."""
+    """One ranking of every query head and MLP channel of every unprotected layer, lowest score first.
+
+    The threshold sweeps up the ranking; each channel below it is removed, and each layer removes the
+    attention units its heads below the threshold call for (the fair rule in the module docstring).
+    """
 
     def allocate(self, scores: Scores, structures: Structures, base_model: str = "") -> PruningPlan:
         protected = protected_layers(self.cfg, len(structures))
         budget = math.ceil(self.cfg.sparsity * structures.prunable_params)
-        units = []
-        for s in structures.layers:
-            if s.index not in protected:
-                units += attention_units(s, scores.layers[s.index], self.cfg.granularity)
-                units += channel_units(s, scores.layers[s.index])
-        # Within a layer, q_head units are cumulative (the k-th lowest of each group), so their sums
-        # never decrease; a stable sort keeps them in order when they tie.
-        units.sort(key=lambda u: u.score)
+        layers = [s for s in structures.layers if s.index not in protected]
+        attention = {s.index: attention_units(s, scores.layers[s.index], self.cfg.granularity) for s in layers}
+        channels = {s.index: channel_units(s, scores.layers[s.index]) for s in layers}
+        entries = []  # (score, layer, is_head, channel rank); channels keep their removal order
+        for s in layers:
+            if attention[s.index]:
+                entries += [(h, s.index, True, 0) for h in scores.layers[s.index].heads.tolist()]
+            entries += [(u.score, s.index, False, rank) for rank, u in enumerate(channels[s.index])]
+        entries.sort(key=lambda e: e[0])  # stable: equal scores keep layer and removal order
+        heads_below = dict.fromkeys(attention, 0)
+        taken = dict.fromkeys(attention, 0)  # attention units removed per layer
         removed, freed = [], 0
-        for unit in units:
+        for _, layer, is_head, rank in entries:
             if freed >= budget:
                 break
-            removed.append(unit)
-            freed += unit.cost
+            if not is_head:
+                removed.append(channels[layer][rank])
+                freed += channels[layer][rank].cost
+                continue
+            heads_below[layer] += 1
+            units = attention[layer]
+            wanted = min(
+                len(units),
+                math.floor(heads_below[layer] / heads_per_unit(structures[layer], self.cfg.granularity) + 0.5),
+            )
+            for unit in units[taken[layer] : wanted]:
+                removed.append(unit)
+                freed += unit.cost
+            taken[layer] = max(taken[layer], wanted)
         if freed < budget:
             raise _impossible(self.cfg, freed / structures.prunable_params)
         return plan_without(structures, removed, self.cfg.granularity, base_model)

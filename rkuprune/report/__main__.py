@@ -1,4 +1,4 @@
-"""``python -m rkuprune.report DIR``: tables (md, csv, tex) and plots of every results.json under DIR."""
+"""``python -m rkuprune.report DIR``: tables (md, csv, tex), plots and plan pictures of every results.json under DIR."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from rkuprune.report.collect import collect
-from rkuprune.report.plots import plot_all
+from rkuprune.models.plan import PruningPlan
+from rkuprune.report.collect import Collection, collect
+from rkuprune.report.plan_picture import plot_plan
+from rkuprune.report.plots import plot_all, slug
 from rkuprune.report.tables import build_table, to_csv, to_latex, to_markdown
 from rkuprune.tracking.atomic import write_text
 
@@ -25,6 +27,18 @@ def log_to_wandb(out: Path, table_csv: str, plots: list[Path], mode: str, group:
     run.log({"report/table": wandb.Table(columns=rows[0], data=rows[1:])})
     run.log({f"report/{p.stem}": wandb.Image(str(p)) for p in plots})
     run.finish()
+
+
+def plot_plans(collection: Collection, out: Path) -> list[Path]:
+    """One plan picture per run that saved its plan, under ``out/plans``."""
+    pictures = []
+    for run in collection.runs:
+        plan_file = run.path.parent / "pruning_plan.json"
+        if plan_file.is_file():
+            name = slug(f"{run.model}__{run.label}__s{run.target:g}__{run.path.parent.name}")
+            title = f"{run.model} {run.label} (target {run.target:g})"
+            pictures.append(plot_plan(PruningPlan.load(plan_file), out / "plans" / f"{name}.png", title))
+    return pictures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,9 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     write_text(out / "table.md", to_markdown(table))
     write_text(out / "table.tex", to_latex(table))
     plots = plot_all(collection, out)
+    plans = plot_plans(collection, out)
     if args.wandb:
         log_to_wandb(out, table_csv, plots, args.wandb_mode, group=args.folder.name)
-    print(f"{len(collection.runs)} runs -> {out}/table.md, table.csv, table.tex and {len(plots)} plots")
+    print(
+        f"{len(collection.runs)} runs -> {out}/table.md, table.csv, table.tex, {len(plots)} plots "
+        f"and {len(plans)} plan pictures"
+    )
     return 0
 
 

@@ -19,7 +19,7 @@ from rkuprune.report.tables import is_accuracy  # noqa: E402
 SERIES_KEY = "rkuprune-series"
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
 
 
@@ -56,7 +56,7 @@ def plot_metric(collection: Collection, model: str, metric: str, path: Path) -> 
 
 def plot_all(collection: Collection, out: Path) -> list[Path]:
     return [
-        plot_metric(collection, model, metric, out / f"{_slug(model)}__{_slug(metric)}.png")
+        plot_metric(collection, model, metric, out / f"{slug(model)}__{slug(metric)}.png")
         for model in collection.models
         for metric in collection.metrics
         if any(r.model == model and metric in r.metrics for r in collection.runs)

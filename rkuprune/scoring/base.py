@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -13,6 +13,9 @@ from rkuprune.errors import ConfigError
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.structures import Structures
 from rkuprune.registry import Registry
+
+if TYPE_CHECKING:
+    from rkuprune.allocation.allocators import PruningConfig
 
 
 @dataclass
@@ -60,9 +63,15 @@ class Scorer:
 
     def __init__(self, cfg: ScorerConfig) -> None:
         self.cfg = cfg
+        self.pruning: PruningConfig | None = None
+
+    def bind(self, pruning: PruningConfig) -> None:
+        """Give the scorer the run's pruning settings: a sequential scorer (``wanda_sp``) prunes each layer
+        as it scores, so it must know the target and the allocation the plan will be built with."""
+        self.pruning = pruning
 
     def check(self) -> None:
-        """Validate config values before any model is loaded."""
+        """Validate config values (and, once bound, their fit with the pruning settings) before any model loads."""
 
     def score(self, model: nn.Module, calibration: CalibrationSet | None) -> Scores:
         raise NotImplementedError

@@ -4,9 +4,14 @@ chosen weights, and per-unit reductions accumulated batch by batch in fp32.
 
 A query head h is the slice ``[h * head_dim, (h + 1) * head_dim)`` of o_proj's input; MLP channel j is
 feature j of down_proj's input. Statistics count the tokens of ``token_mask``: real (attention mask),
-selected by the calibration's loss mask, and not the first token of a sequence (whose activations
-are the attention sink's outliers, not the unit's typical behaviour). Nothing of the size of the
-activations outlives its batch; a reducer keeps only per-feature or per-unit vectors.
+selected by the calibration's loss mask and, when the scorer asks (``skip_first_token``, RKU's
+definition), not the first token of a sequence (whose activations are the attention sink's outliers,
+not the unit's typical behaviour; FLAP and Wanda-sp count it, as their references do). Nothing of the
+size of the activations outlives its batch; a reducer keeps only per-feature or per-unit vectors.
+
+Two passes: ``run_calibration`` runs the whole model per micro-batch (dense statistics, gradients);
+``run_sequential`` runs it layer by layer, letting the scorer prune each layer before the next one is
+calibrated on its output (FLAP's ``prune_wanda_sp``).
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ class Site:
         return features.unflatten(-1, (-1, self.unit_size))
 
 
+def wide(values: torch.Tensor) -> torch.Tensor:
+    """At least fp32 for reductions (a float64 model, as in the reference tests, stays float64)."""
+    return values.to(torch.promote_types(values.dtype, torch.float32))
+
+
 def sites(model: nn.Module) -> list[Site]:
     adapter = adapter_for(model)
     found = []
@@ -65,15 +75,17 @@ def to_scores(per_unit: dict[Key, torch.Tensor]) -> Scores:
     )
 
 
-def token_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Tokens a unit statistic counts: real, in the loss mask, and not the first real token of the row."""
+def token_mask(batch: dict[str, torch.Tensor], skip_first: bool = True) -> torch.Tensor:
+    """Tokens a unit statistic counts: real, in the loss mask and, if ``skip_first``, not the row's first real token."""
     real = batch["attention_mask"].bool()
-    first = real & (batch["attention_mask"].cumsum(dim=1) == 1)
-    return real & batch["loss_mask"].bool() & ~first
+    counted = real & batch["loss_mask"].bool()
+    if skip_first:
+        counted &= ~(real & (batch["attention_mask"].cumsum(dim=1) == 1))
+    return counted
 
 
 class Reducer:
-    """Receives each site's activations (and gradients) of the counted tokens, ``[tokens, features]`` fp32."""
+    """Receives each site's activations (and gradients) of the counted tokens, ``[tokens, features]``, at least fp32."""
 
     def forward(self, site: Site, acts: torch.Tensor) -> None:
         """Called during a forward-only pass."""
@@ -178,16 +190,29 @@ class Capture:
             x = args[0]
             mask = self.mask.to(x.device)
             if not self.gradients:
-                self.reducer.forward(site, x.detach()[mask].float())
+                self.reducer.forward(site, wide(x.detach()[mask]))
             else:  # register_hook fails loudly if no gradient can reach this activation
                 acts = x.detach()
 
                 def on_grad(grad: torch.Tensor) -> None:
-                    self.reducer.backward(site, acts[mask].float(), grad[mask].float())
+                    self.reducer.backward(site, wide(acts[mask]), wide(grad[mask]))
 
                 x.register_hook(on_grad)
 
         return hook
+
+
+def _batches(model: nn.Module, calibration: CalibrationSet | None, skip_first: bool) -> list[dict[str, torch.Tensor]]:
+    """The calibration's micro-batches on the model's device; refuse a set with no counted token."""
+    if calibration is None:
+        raise ConfigError("scorer", "this scorer needs a calibration set; the pipeline built none")
+    device = model.get_input_embeddings().weight.device
+    batches = list(calibration.batches(device))
+    if sum(int(token_mask(b, skip_first).sum()) for b in batches) == 0:
+        raise ConfigError(
+            "calibration.num_tokens", "no calibration token counts (each row is a single token?); raise it"
+        )
+    return batches
 
 
 def run_calibration(
@@ -197,22 +222,17 @@ def run_calibration(
     objective: Objective | None = None,
     weights: Sequence[nn.Parameter] = (),
     on_weight_grads: Callable[[tuple[torch.Tensor, ...]], None] | None = None,
+    skip_first: bool = True,
 ) -> None:
     """Pass the calibration set through ``model`` once, micro-batch by micro-batch.
 
     Without an objective: a no-grad forward; ``reducer.forward`` sees every site. With one: Φ of each
     batch (scaled so the batches sum to the calibration mean) is differentiated with every parameter
     frozen except ``weights``; ``reducer.backward`` sees dΦ/da at every site, and ``on_weight_grads``
-    gets dΦ/dW for ``weights`` (returned by autograd, never stored in ``.grad``).
+    gets dΦ/dW for ``weights`` (returned by autograd, never stored in ``.grad``). ``skip_first``: see
+    ``token_mask``.
     """
-    if calibration is None:
-        raise ConfigError("scorer", "this scorer needs a calibration set; the pipeline built none")
-    device = model.get_input_embeddings().weight.device
-    batches = list(calibration.batches(device))
-    if sum(int(token_mask(b).sum()) for b in batches) == 0:
-        raise ConfigError(
-            "calibration.num_tokens", "no calibration token counts (each row is a single token?); raise it"
-        )
+    batches = _batches(model, calibration, skip_first)
     gradients = objective is not None
     capture = Capture(model, reducer, gradients) if reducer is not None else None
     total = sum(objective.count(b) for b in batches) if objective is not None else 0
@@ -220,7 +240,7 @@ def run_calibration(
     with frozen(model, weights), capture or nullcontext(), torch.set_grad_enabled(gradients):
         for batch in batches:
             if capture is not None:
-                capture.mask = token_mask(batch)
+                capture.mask = token_mask(batch, skip_first)
             out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
             if objective is None:
                 continue
@@ -229,3 +249,72 @@ def run_calibration(
             grads = torch.autograd.grad(phi, targets)
             if on_weight_grads is not None:
                 on_weight_grads(grads[: len(weights)])
+
+
+class _LayerCalls:
+    """Forward pre-hooks (with kwargs) that record each decoder layer's call per micro-batch: the
+    arguments other than the hidden states (shared tensors such as masks and position embeddings),
+    and the hidden states of layer 0 only (later layers' inputs are recomputed, pruned)."""
+
+    def __init__(self, layers: nn.ModuleList) -> None:
+        self.calls: list[list[tuple[tuple, dict]]] = [[] for _ in layers]
+        self.first_inputs: list[torch.Tensor] = []
+        self._handles = [
+            layer.register_forward_pre_hook(self._record(i), with_kwargs=True) for i, layer in enumerate(layers)
+        ]
+
+    def _record(self, index: int) -> Callable[[nn.Module, tuple, dict], None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            rest = dict(kwargs)
+            hidden = args[0] if args else rest.pop("hidden_states")
+            self.calls[index].append((args[1:], rest))
+            if index == 0:
+                self.first_inputs.append(hidden)
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _call_layer(layer: nn.Module, hidden: torch.Tensor, call: tuple[tuple, dict]) -> torch.Tensor:
+    """Run one decoder layer on ``hidden`` with the other arguments it was called with in the full model."""
+    args, kwargs = call
+    out = layer(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def run_sequential(
+    model: nn.Module,
+    calibration: CalibrationSet | None,
+    reducer: Reducer,
+    after_layer: Callable[[int], None],
+    skip_first: bool = True,
+) -> None:
+    """Calibrate layer by layer: layer i's statistics are taken on the outputs of layers < i as they are
+    after ``after_layer`` has acted on each of them (e.g. masked its pruned units), as FLAP's
+    ``prune_wanda_sp`` does. One full forward records every layer's call arguments (attention masks and
+    position embeddings) and layer 0's input; each layer then runs twice per micro-batch: once with the
+    capture hooks, once (after ``after_layer(i)``) to produce the input of layer i + 1.
+    """
+    batches = _batches(model, calibration, skip_first)
+    adapter = adapter_for(model)
+    layers = adapter.layers()
+    recorder = _LayerCalls(layers)
+    with frozen(model):
+        try:
+            for batch in batches:
+                adapter.decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        finally:
+            recorder.remove()
+        hidden = recorder.first_inputs
+        masks = [token_mask(batch, skip_first) for batch in batches]
+        for index, layer in enumerate(layers):
+            with Capture(model, reducer, gradients=False) as capture:
+                for h, mask, call in zip(hidden, masks, recorder.calls[index], strict=True):
+                    capture.mask = mask
+                    _call_layer(layer, h, call)
+            after_layer(index)
+            hidden = [_call_layer(layer, h, call) for h, call in zip(hidden, recorder.calls[index], strict=True)]

@@ -5,9 +5,10 @@
   feature is replaced by its mean).
 - Standardised adaptive global structure: the metric is z-scored over the features of each module
   (one layer's attention, one layer's MLP), so a single global ranking can compare modules and layers;
-  a query head scores the mean of its head_dim features' z-scores, as the reference code does (which
-  additionally squares the attention metric before standardising; this implementation follows the
-  paper's metric for both modules).
+  a query head scores the mean of its head_dim features' z-scores. As the reference code
+  (``prune_flap`` in lib/prune.py) the attention metric is squared before standardising
+  (``square_attention``, default true; false follows the paper's metric for both modules).
+- Every calibration token counts, the first of each row included (``skip_first_token``, default false).
 - Bias compensation: after allocation, each removed feature's calibration mean times its weight column
   is folded into the output bias of o_proj / down_proj (``compensate``), so the layer's expected output
   is unchanged. The bias is created when the projection has none and survives ``save_pruned``.
@@ -24,12 +25,14 @@ from rkuprune.data.calibration import CalibrationSet
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import add_output_bias, head_rows
 from rkuprune.scoring.base import SCORERS, Scorer, ScorerConfig, Scores
-from rkuprune.scoring.capture import FeatureStats, Key, run_calibration, sites, to_scores
+from rkuprune.scoring.capture import FeatureStats, Key, run_calibration, sites, to_scores, wide
 
 
 @dataclass
 class FLAPConfig(ScorerConfig):
     name: str = "flap"
+    square_attention: bool = True  # the reference squares the attention fluctuation before standardising
+    skip_first_token: bool = False  # the reference counts every calibration token
 
 
 def standardise(values: torch.Tensor) -> torch.Tensor:
@@ -41,6 +44,7 @@ def standardise(values: torch.Tensor) -> torch.Tensor:
 
 @SCORERS.register("flap", FLAPConfig)
 class FLAPScorer(Scorer):
+    cfg: FLAPConfig
     needs_calibration = True
 
     def __init__(self, cfg: FLAPConfig) -> None:
@@ -49,10 +53,12 @@ class FLAPScorer(Scorer):
 
     def score(self, model: nn.Module, calibration: CalibrationSet | None) -> Scores:
         stats = FeatureStats()
-        run_calibration(model, calibration, reducer=stats)
+        run_calibration(model, calibration, reducer=stats, skip_first=self.cfg.skip_first_token)
         per_unit = {}
         for site in sites(model):
-            fluctuation = stats.variance(site) * site.linear.weight.detach().float().pow(2).sum(dim=0)
+            fluctuation = stats.variance(site) * wide(site.linear.weight.detach()).pow(2).sum(dim=0)
+            if site.block == "attention" and self.cfg.square_attention:
+                fluctuation = fluctuation.pow(2)
             per_unit[site.key] = site.units(standardise(fluctuation)).mean(dim=-1)
             self.means[site.key] = stats.mean(site)
         return to_scores(per_unit)
@@ -72,5 +78,5 @@ class FLAPScorer(Scorer):
                 removed = torch.ones(mean.numel(), dtype=torch.bool)
                 removed[head_rows(units, site.unit_size)] = False
                 if removed.any():
-                    weight = site.linear.weight.detach().float()[:, removed.to(mean.device)]
+                    weight = wide(site.linear.weight.detach())[:, removed.to(mean.device)]
                     add_output_bias(site.linear, weight @ mean[removed.to(mean.device)])

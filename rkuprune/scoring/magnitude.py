@@ -10,6 +10,7 @@ from torch import nn
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.models.adapters import adapter_for
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
+from rkuprune.scoring.capture import wide
 
 
 @dataclass
@@ -18,15 +19,15 @@ class MagnitudeConfig(ScorerConfig):
 
 
 def squared_row_norms(linear: nn.Linear) -> torch.Tensor:
-    """Per output row: sum of squared weights plus the squared bias (fp32)."""
-    sq = linear.weight.detach().float().pow(2).sum(dim=1)
+    """Per output row: sum of squared weights plus the squared bias (at least fp32)."""
+    sq = wide(linear.weight.detach()).pow(2).sum(dim=1)
     if linear.bias is not None:
-        sq = sq + linear.bias.detach().float().pow(2)
+        sq = sq + wide(linear.bias.detach()).pow(2)
     return sq
 
 
 def squared_col_norms(linear: nn.Linear) -> torch.Tensor:
-    return linear.weight.detach().float().pow(2).sum(dim=0)
+    return wide(linear.weight.detach()).pow(2).sum(dim=0)
 
 
 def per_head(values: torch.Tensor, head_dim: int) -> torch.Tensor:

@@ -7,9 +7,15 @@
    its gradient). The gradient is backpropagated from the last layer, so it carries the unit's effect
    along every downstream path (the "integral over depth").
 3. Relative normalisation per block (layer × {attention, MLP}): ``block_relative`` (default) divides by
-   the block's mean utility, so a block-wide scale cannot decide the cross-layer competition while the
-   order inside the block is kept; ``fisher_trace`` divides by sqrt(mean over tokens of ‖∂Φ/∂a_block‖²);
-   ``none`` keeps raw utilities (ablation).
+   the block's mean utility over its live units, so a block-wide scale cannot decide the cross-layer
+   competition while the order inside the block is kept; ``fisher_trace`` divides by sqrt(mean over
+   tokens of ‖∂Φ/∂a_block‖²); ``none`` keeps raw utilities (ablation). A unit is live unless its
+   columns of o_proj / down_proj are all zero: that is how the iterative schedule masks a removed unit
+   (models/surgery.py), and such a unit writes nothing, so its zero utility must not drag the block
+   mean down and inflate the survivors of a heavily pruned block.
+
+The first token of every row is not counted (``skip_first_token``, part of this project's definition:
+its activations are the attention sink's outliers).
 
 Every weight stays frozen while scoring: gradients are taken with respect to activations only, so no
 weight gradient is ever allocated (what makes RKU affordable for an 8B model on one GPU). The global
@@ -39,6 +45,7 @@ class RKUConfig(ScorerConfig):
     name: str = "rku"
     objective: str = "energy"  # energy (½‖h_L‖², default) | lm_loss (causal-LM loss) | entropy (own next-token)
     normalisation: str = "block_relative"  # block_relative (default) | fisher_trace | none
+    skip_first_token: bool = True  # the first token of a row is the attention sink's, not the unit's
 
 
 @dataclass
@@ -67,11 +74,22 @@ class KineticUtility(Reducer):
         return self.grad_sq[key] / self.count[key]
 
 
-def normalise(utility: torch.Tensor, mean_grad_sq: torch.Tensor, method: str) -> torch.Tensor:
-    """Scale one block's utilities as ``method`` says (a zero denominator leaves the zeros as they are)."""
+def live_units(site: Site) -> torch.Tensor:
+    """Units whose output-projection columns are not all zero (a masked unit's are: it writes nothing)."""
+    return site.units(site.linear.weight.detach().ne(0).any(dim=0)).any(dim=-1).cpu()
+
+
+def normalise(
+    utility: torch.Tensor, mean_grad_sq: torch.Tensor, method: str, live: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Scale one block's utilities as ``method`` says; the block mean is over the ``live`` units (default all).
+
+    A zero denominator leaves the zeros as they are.
+    """
     tiny = torch.finfo(torch.float32).tiny
     if method == "block_relative":
-        return utility / utility.mean().clamp_min(tiny)
+        counted = utility if live is None or not live.any() else utility[live.to(utility.device)]
+        return utility / counted.mean().clamp_min(tiny)
     if method == "fisher_trace":
         return utility / mean_grad_sq.sqrt().clamp_min(tiny)
     return utility
@@ -93,9 +111,12 @@ class RKUScorer(Scorer):
     def score(self, model: nn.Module, calibration: CalibrationSet | None) -> Scores:
         self.check()
         reducer = KineticUtility()
-        run_calibration(model, calibration, reducer=reducer, objective=OBJECTIVES[self.cfg.objective])
+        objective = OBJECTIVES[self.cfg.objective]
+        run_calibration(model, calibration, reducer=reducer, objective=objective, skip_first=self.cfg.skip_first_token)
         per_unit = {
-            site.key: normalise(reducer.mean_utility(site.key), reducer.mean_grad_sq(site.key), self.cfg.normalisation)
+            site.key: normalise(
+                reducer.mean_utility(site.key), reducer.mean_grad_sq(site.key), self.cfg.normalisation, live_units(site)
+            )
             for site in sites(model)
         }
         return to_scores(per_unit)

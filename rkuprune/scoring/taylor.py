@@ -1,22 +1,27 @@
-"""``taylor``: LLM-Pruner's first-order Taylor importance (Ma et al., NeurIPS 2023, ``param_first``).
+"""``taylor``: LLM-Pruner's first-order Taylor importance (Ma et al., NeurIPS 2023; ``TaylorImportance``
+with ``taylor=param_first`` and ``group_reduction=sum`` in LLMPruner/pruner/hf_llama_pruner.py).
 
-A unit scores Σ |W ⊙ ∇_W L| over the weights of its group, L being the causal-LM loss on the loss-mask
-tokens of the calibration set:
+A unit scores Σ |W ⊙ ḡ| over the weights of its group, ḡ being the gradient of the causal-LM loss
+averaged over the loss-mask tokens of the whole calibration set. LLM-Pruner takes one gradient of
+one batch (``loss.backward()`` on all examples at once); here ḡ is accumulated **signed** in fp32 over
+the micro-batches (each batch's loss scaled by its share of the tokens) and |W ⊙ ḡ| is taken once, so
+the score is that same single-batch estimator however the calibration is split.
 
 - MLP channel: its row of gate and up and its column of down (LLM-Pruner's channel group).
 - Query head: its head_dim rows of q and columns of o, plus 1/group_size of its KV head's k and v rows.
-  LLM-Pruner's head group is q, k and v rows with o columns; under GQA a KV head is shared, so its
-  share is split evenly over the query heads that read it, and the ``kv_group`` unit (the sum of its
-  query heads) is exactly LLM-Pruner's group. Biases are not counted (LLM-Pruner scores weights only).
+  LLM-Pruner's attention group (Llama-3 script: root k_proj) is a KV head's k and v rows with the q
+  rows and o columns of the query heads reading it; the ``kv_group`` unit (the mean of its query
+  heads, allocators.py) is that group's sum divided by group_size, one constant per layer, so a
+  layer-local plan is LLM-Pruner's. Biases are not counted (LLM-Pruner scores weights only).
 
-Only the seven prunable projections of each layer get gradients (everything else stays frozen), and
-gradients are returned by autograd per micro-batch, reduced to per-unit sums at once and dropped, so
-no full-size gradient outlives a batch. With one micro-batch this is LLM-Pruner's score exactly; with
-several it is the sum of the per-batch scores.
+Only the seven prunable projections of each layer get gradients (everything else stays frozen);
+ḡ of those seven is kept in fp32 until the pass ends (as ``gisp`` does).
 
-``scope``: ``global`` keeps raw scores (one ranking across layers, LLM-Pruner's global pruning);
+``scope``: ``global`` keeps raw scores (one ranking across layers, LLM-Pruner's ``--global_pruning``);
 ``layer`` divides each layer's scores by that layer's total, so a layer-wide gradient scale cannot
-decide how much each layer loses (heads and channels inside a layer keep their ratio).
+decide how much each layer loses (heads and channels inside a layer keep their ratio). LLM-Pruner's
+own setting (KV groups, the same share per layer, first 4 and last 2 layers kept) is the preset
+``scorer=taylor_llmpruner``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import ConfigError
 from rkuprune.models.adapters import adapter_for
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
-from rkuprune.scoring.capture import run_calibration
+from rkuprune.scoring.capture import run_calibration, wide
 from rkuprune.scoring.objectives import OBJECTIVES
 
 SCOPES = ("global", "layer")
@@ -40,10 +45,6 @@ SCOPES = ("global", "layer")
 class TaylorConfig(ScorerConfig):
     name: str = "taylor"
     scope: str = "global"  # global (raw scores, default) | layer (each layer divided by its total)
-
-
-def _salience(weight: nn.Parameter, grad: torch.Tensor) -> torch.Tensor:
-    return (weight.detach().float() * grad.float()).abs()
 
 
 @SCORERS.register("taylor", TaylorConfig)
@@ -64,27 +65,27 @@ class TaylorScorer(Scorer):
             attn, mlp = adapter.attention(layer), adapter.mlp(layer)
             linears.append((attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down))
         weights = [linear.weight for group in linears for linear in group]
-        scores = [
-            LayerScores(heads=torch.zeros(s.num_q_heads), channels=torch.zeros(s.intermediate_size))
-            for s in structures.layers
-        ]
+        mean_grads = [wide(torch.zeros_like(w)) for w in weights]
 
         def accumulate(grads: tuple[torch.Tensor, ...]) -> None:
-            for index, (group, s) in enumerate(zip(linears, structures.layers, strict=True)):
-                layer_grads = grads[len(group) * index : len(group) * (index + 1)]
-                q, k, v, o, gate, up, down = (
-                    _salience(linear.weight, grad) for linear, grad in zip(group, layer_grads, strict=True)
-                )
-                heads = q.view(s.num_q_heads, -1).sum(dim=1) + o.view(-1, s.num_q_heads, s.head_dim).sum(dim=(0, 2))
-                kv = (k + v).view(s.num_kv_heads, -1).sum(dim=1)
-                heads += kv.repeat_interleave(s.group_size) / s.group_size
-                channels = gate.sum(dim=1) + up.sum(dim=1) + down.sum(dim=0)
-                scores[index].heads += heads.cpu()
-                scores[index].channels += channels.cpu()
+            for total, grad in zip(mean_grads, grads, strict=True):
+                total += grad
 
+        # The objective is already divided by the calibration's token count, so the sum is the mean.
         run_calibration(
             model, calibration, objective=OBJECTIVES["lm_loss"], weights=weights, on_weight_grads=accumulate
         )
+        scores = []
+        for index, s in enumerate(structures.layers):
+            group = slice(7 * index, 7 * index + 7)
+            q, k, v, o, gate, up, down = (
+                (wide(w.detach()) * g).abs() for w, g in zip(weights[group], mean_grads[group], strict=True)
+            )
+            heads = q.view(s.num_q_heads, -1).sum(dim=1) + o.view(-1, s.num_q_heads, s.head_dim).sum(dim=(0, 2))
+            kv = (k + v).view(s.num_kv_heads, -1).sum(dim=1)
+            heads += kv.repeat_interleave(s.group_size) / s.group_size
+            channels = gate.sum(dim=1) + up.sum(dim=1) + down.sum(dim=0)
+            scores.append(LayerScores(heads=heads.cpu(), channels=channels.cpu()))
         if self.cfg.scope == "layer":
             for layer in scores:
                 total = (layer.heads.sum() + layer.channels.sum()).clamp_min(torch.finfo(torch.float32).tiny)
