@@ -156,6 +156,9 @@ class ReasoningTask(Task):
             raise ConfigError(f"{self.field}.shots", f"{self.cfg.shots} exceeds the {len(pool)} exemplars available")
         return random.Random(self.cfg.fewshot_seed).sample(pool, self.cfg.shots)
 
+    def outputs(self) -> set[str]:
+        return {f"acc/{self.dataset}", f"predictions/{self.dataset}.jsonl"}
+
     def settings(self) -> dict[str, Any]:
         limit = self.suite.limit
         return {
