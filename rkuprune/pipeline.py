@@ -21,7 +21,7 @@ from rkuprune.errors import ConfigError
 from rkuprune.evaluation.base import EvalContext, Task, build_tasks, derived_metrics
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.io import save_pruned
-from rkuprune.models.loading import LoadedModel, cache_dir, check_model_config, load_model
+from rkuprune.models.loading import LoadedModel, cache_dir, check_model_config, load_model, peek_model
 from rkuprune.models.params import count_params, sparsity, total_reduction, weights_fingerprint
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import apply_plan
@@ -62,6 +62,10 @@ def prepare(cfg: RunConfig) -> Stages:
                 f"calibration '{cfg.calibration.name}' cannot regenerate; use calibration=self_generated or set it to []",
             )
     tasks = build_tasks(cfg.benchmark, cfg.data)
+    peeked = peek_model(cfg.model)
+    if peeked is not None:
+        for task in tasks.values():
+            task.check_model(*peeked)
     tracker = TRACKERS.build(cfg.logger, "logger")
     tracker.check()
     return Stages(scorer, calibration, tasks, tracker)

@@ -65,6 +65,9 @@ class Task:
     def evaluate(self, model: nn.Module, tokenizer: Any, ctx: EvalContext) -> dict[str, float]:
         raise NotImplementedError
 
+    def check_model(self, context: int | None, tokenizer: Any) -> None:
+        """Fail before the model loads when inputs cannot fit its context (``context`` may be None)."""
+
     def outputs(self) -> set[str]:
         """The metric keys (or key prefixes) and files this task writes; two tasks of a suite must not
         share one, or one's results would silently overwrite the other's."""

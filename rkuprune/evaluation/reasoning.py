@@ -214,7 +214,7 @@ class ReasoningTask(Task):
             )
         prompts = [self.prompt(q, tokenizer) for q in self.questions]
         cfg = self.cfg
-        self.check_context(model, tokenizer, prompts)
+        self.check_context(getattr(getattr(model, "config", None), "max_position_embeddings", None), tokenizer, prompts)
         sampling = Sampling(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.top_k)
         completions, stats = generate(
             model,
@@ -260,9 +260,13 @@ class ReasoningTask(Task):
             f"acc/{self.dataset}/strict": sum(r["correct_strict"] for r in rows) / n,
         }
 
-    def check_context(self, model: nn.Module, tokenizer: Any, prompts: list[str]) -> None:
+    def check_model(self, context: int | None, tokenizer: Any) -> None:
+        if self.cfg.chat and not getattr(tokenizer, "chat_template", None):
+            return  # evaluate() names the missing chat template
+        self.check_context(context, tokenizer, [self.prompt(q, tokenizer) for q in self.questions])
+
+    def check_context(self, context: int | None, tokenizer: Any, prompts: list[str]) -> None:
         """A prompt plus its generation must fit the model's context; past it a model only babbles."""
-        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         if context is None:
             return
         longest = max(len(tokenizer(p, add_special_tokens=not self.cfg.chat).input_ids) for p in prompts)

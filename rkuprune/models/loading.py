@@ -145,6 +145,22 @@ def converted_gguf_folder(cfg: ModelConfig) -> Path:
     return target
 
 
+def peek_model(cfg: ModelConfig) -> tuple[int | None, Any] | None:
+    """``(context length, tokenizer)`` read without loading weights, where that is cheap (a random model,
+    a local folder, an already converted GGUF); None otherwise. Lets prompts be checked before loading."""
+    if cfg.source == "random":
+        return cfg.arch.get("max_position_embeddings"), byte_tokenizer()
+    if cfg.source == "gguf_package":
+        folder = cache_dir() / "gguf" / Path(str(cfg.gguf_file)).stem
+    else:
+        folder = Path(str(cfg.path))
+    if not (folder / "config.json").is_file():
+        return None
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    return getattr(config, "max_position_embeddings", None), tokenizer
+
+
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Load (or build) the dense model and its tokenizer as ``cfg`` says, in eval mode."""
     check_model_config(cfg)

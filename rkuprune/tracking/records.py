@@ -89,7 +89,7 @@ def read_results(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     try:
         results = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return None, f"not readable strict JSON ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        return None, f"not readable JSON ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
     if not isinstance(results, dict):
         return None, "not a JSON object"
     if results.get("status") != "completed":
