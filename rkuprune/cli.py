@@ -1,10 +1,20 @@
-"""``python -m rkuprune``: the Hydra app. Configuration errors print one line and exit 2."""
+"""``python -m rkuprune``: the Hydra app. Configuration errors print one line and exit 2.
+
+A run holds a lock on its folder (a second live run there is refused), turns SIGTERM into a recorded
+failure like Ctrl-C, and a sweep exits non-zero when any of its jobs failed.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import IO
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -14,13 +24,30 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rkuprune.config import register_configs, to_container
-from rkuprune.errors import RkupruneError
+from rkuprune.errors import ConfigError, RkupruneError
 from rkuprune.pipeline import run
 from rkuprune.report.summary import print_summary
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+LOCK_FILE = ".rkuprune.lock"
 
 register_configs()
+
+
+class Terminated(BaseException):
+    """SIGTERM (SLURM time limit, ``kill``, container stop), raised like KeyboardInterrupt for SIGINT."""
+
+    exit_code = 128 + signal.SIGTERM
+
+    def __init__(self) -> None:
+        super().__init__("the run received SIGTERM (time limit, kill or container stop)")
+
+
+class SweepFailures:
+    """Jobs of this process's sweep that failed (the basic launcher runs them in this process)."""
+
+    jobs = 0
+    failed: list[str] = []
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -28,15 +55,61 @@ def app(cfg: DictConfig) -> float | None:
     """One job. In a sweep a failed job is recorded (results.json says why) and the sweep goes on."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    SweepFailures.jobs += 1
     try:
-        results = run(OmegaConf.to_object(cfg), run_dir, to_container(cfg))
+        with run_lock(run_dir), sigterm_raises():
+            results = run(OmegaConf.to_object(cfg), run_dir, to_container(cfg))
     except (RkupruneError, OmegaConfBaseException) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         if multirun:
+            SweepFailures.failed.append(str(run_dir))
             return None
         sys.exit(2)
+    except Exception as exc:
+        if not multirun:
+            raise
+        print(f"error: {run_dir}: {type(exc).__name__}: {one_line(exc)} (traceback in results.json)", file=sys.stderr)
+        SweepFailures.failed.append(str(run_dir))
+        return None
     print_summary(results, run_dir)
     return results["pruning"].get("measured_sparsity")
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder so that two live runs never write into one."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise ConfigError(
+                "hydra.run.dir", f"{run_dir} is in use by another live run (pid {holder}); choose another folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While a run is in progress, SIGTERM raises ``Terminated`` so the run is recorded as failed."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def one_line(exc: BaseException) -> str:
@@ -47,6 +120,8 @@ def one_line(exc: BaseException) -> str:
         return f"{group}: no option '{option}'; choose one of: {options}"
     if isinstance(exc, OmegaConfBaseException):
         key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "config"
+        if "is not in struct" in str(exc):
+            return f"{key}: this preset does not set it; add it with +{key}=VALUE (or check the spelling)"
         return f"{key}: {str(exc).splitlines()[0]}"
     if isinstance(exc, ConfigCompositionException) and exc.__cause__ is not None:
         return one_line(exc.__cause__)
@@ -56,8 +131,22 @@ def one_line(exc: BaseException) -> str:
 def main() -> None:
     # Let exceptions reach us instead of Hydra's multi-line report, so config errors fit one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    SweepFailures.jobs, SweepFailures.failed = 0, []
     try:
         app()
     except (RkupruneError, ConfigCompositionException, OmegaConfBaseException) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
+    except FileExistsError as exc:  # Hydra creates the run folder before the app starts
+        print(f"error: hydra.run.dir: {exc.filename} is a file, not a folder; choose another path", file=sys.stderr)
+        sys.exit(2)
+    except Terminated as exc:
+        print(f"error: {exc}; results.json records the run as failed", file=sys.stderr)
+        sys.exit(Terminated.exit_code)
+    if SweepFailures.failed:
+        print(
+            f"error: {len(SweepFailures.failed)} of {SweepFailures.jobs} sweep jobs failed "
+            f"(see results.json in: {', '.join(SweepFailures.failed)})",
+            file=sys.stderr,
+        )
+        sys.exit(1)

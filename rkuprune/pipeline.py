@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from rkuprune.allocation import allocate, check_feasible
 from rkuprune.allocation.schedule import Trajectory, run_iterative, trajectory_end
@@ -22,16 +22,18 @@ from rkuprune.errors import ConfigError
 from rkuprune.evaluation.base import EvalContext, Task, build_tasks, derived_metrics
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.io import save_pruned
-from rkuprune.models.loading import LoadedModel, cache_dir, check_model_config, load_model
-from rkuprune.models.params import count_params, sparsity, total_reduction
+from rkuprune.models.loading import LoadedModel, cache_dir, check_model_config, load_model, peek_model
+from rkuprune.models.params import count_params, sparsity, total_reduction, weights_fingerprint
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import apply_plan
 from rkuprune.report.plan_picture import plot_plan
 from rkuprune.scoring.base import SCORERS, Scorer
 from rkuprune.tracking.atomic import write_json
-from rkuprune.tracking.records import RESULTS_FILE, RunRecord
+from rkuprune.tracking.records import RESULTS_FILE, RunRecord, read_results
 from rkuprune.tracking.trackers import TRACKERS, Tracker
 from rkuprune.versions import versions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,6 +66,10 @@ def prepare(cfg: RunConfig) -> Stages:
                 f"calibration '{cfg.calibration.name}' cannot regenerate; use calibration=self_generated or set it to []",
             )
     tasks = build_tasks(cfg.benchmark, cfg.data)
+    peeked = peek_model(cfg.model)
+    if peeked is not None:
+        for task in tasks.values():
+            task.check_model(*peeked)
     tracker = TRACKERS.build(cfg.logger, "logger")
     tracker.check()
     return Stages(scorer, calibration, tasks, tracker)
@@ -72,7 +78,7 @@ def prepare(cfg: RunConfig) -> Stages:
 def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Prune and evaluate as ``cfg`` says; write records into ``run_dir``; return results.json's content."""
     stages = prepare(cfg)
-    finished = completed_results(run_dir, config_hash(config))
+    finished = completed_results(run_dir, config_hash(config), cfg.save_model)
     if finished is not None:
         print(f"skipped: {run_dir} already completed with the same config")
         return {**finished, "skipped": True}
@@ -103,16 +109,25 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
     return record.data
 
 
-def completed_results(run_dir: Path, wanted_hash: str) -> dict[str, Any] | None:
-    """The results of an earlier completed run of the same resolved config in ``run_dir``, if any."""
+def completed_results(run_dir: Path, wanted_hash: str, save_model: bool) -> dict[str, Any] | None:
+    """The results of an earlier completed run of the same resolved config in ``run_dir``, if any, and only
+    when every output this run asks for is there (a malformed record or a missing model means: run)."""
     path = run_dir / RESULTS_FILE
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    if not path.exists():
         return None
-    if results.get("status") == "completed" and results.get("config_hash") == wanted_hash:
-        return results
-    return None
+    results, problem = read_results(path)
+    if results is None:
+        if problem and not problem.startswith("status"):
+            log.warning("%s: %s; running the job again", path, problem)
+        return None
+    if results.get("config_hash") != wanted_hash:
+        return None
+    wanted = [run_dir / "pruning_plan.json", *([run_dir / "model" / "config.json"] if save_model else [])]
+    missing = [str(p.relative_to(run_dir)) for p in wanted if not p.is_file()]
+    if missing:
+        log.warning("%s: completed, but %s is missing; running the job again", run_dir, ", ".join(missing))
+        return None
+    return results
 
 
 def build_calibration(stages: Stages, loaded: LoadedModel, cfg: RunConfig, record: RunRecord) -> CalibrationSet | None:
@@ -256,18 +271,20 @@ def evaluate(tasks: dict[str, Task], loaded: LoadedModel, ctx: EvalContext) -> d
 def evaluate_dense(
     tasks: dict[str, Task], loaded: LoadedModel, cfg: RunConfig, ctx: EvalContext, record: RunRecord
 ) -> dict[str, float]:
-    """Dense reference metrics, computed once per (model, task settings, data) and cached on disk."""
+    """Dense reference metrics, cached on disk per (weights, task settings, data): the key holds a
+    fingerprint of the loaded weights, so new weights behind the same config are evaluated afresh."""
     dense: dict[str, float] = {}
-    model_key = OmegaConf.to_container(OmegaConf.structured(cfg.model))
+    weights = weights_fingerprint(loaded.model) if cfg.dense_cache else ""
     dense_ctx = EvalContext(run_dir=None, tracker=None, seed=ctx.seed)
     with record.timed("dense_eval_s"):
         for task in tasks.values():
             key = config_hash(
-                {"model": model_key, "task": task.settings(), "data": str(cfg.data.root), "seed": cfg.seed}
+                {"weights": weights, "task": task.settings(), "data": str(cfg.data.root), "seed": cfg.seed}
             )
             path = cache_dir() / "dense" / f"{key}.json"
-            if cfg.dense_cache and path.is_file():
-                dense.update(json.loads(path.read_text()))
+            cached = read_dense_cache(path) if cfg.dense_cache else None
+            if cached is not None:
+                dense.update(cached)
                 continue
             values = task.evaluate(loaded.model, loaded.tokenizer, dense_ctx)
             if cfg.dense_cache:
@@ -276,6 +293,23 @@ def evaluate_dense(
     dense.update(derived_metrics(dense))
     record.update("dense_metrics", dense)
     return dense
+
+
+def read_dense_cache(path: Path) -> dict[str, float] | None:
+    """Cached dense metrics, or None when absent; a corrupt file is named and recomputed."""
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("dense-metric cache %s is corrupt (%s); recomputing it", path, type(exc).__name__)
+        return None
+    if not isinstance(values, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()
+    ):
+        log.warning("dense-metric cache %s does not hold metrics; recomputing it", path)
+        return None
+    return values
 
 
 def finish(

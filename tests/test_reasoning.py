@@ -418,7 +418,7 @@ def test_the_reasoning_suite_runs_from_the_cli_and_records_everything(tmp_path, 
 
 
 def test_a_prompt_longer_than_the_context_is_an_error(tmp_path) -> None:
-    loaded = tiny("tiny-llama")  # 512 positions; byte tokens make a 5-shot prompt far longer
+    loaded = tiny("tiny-llama")  # 1024 positions; byte tokens make a 5-shot prompt far longer
     task = tasks_for(write_root(tmp_path), t={"task": "gsm8k", "shots": 7, "max_new_tokens": 256})["t"]
     with pytest.raises(
         ConfigError, match=r"benchmark\.tasks\.t\.shots: the longest prompt \(\d+ tokens\) plus max_new_tokens=256"

@@ -34,6 +34,12 @@ class CalibrationConfig:
     seed: int = 0
 
 
+def check_seqlen(cfg: CalibrationConfig) -> None:
+    """Rows are cut to ``seqlen`` tokens: zero or less would silently empty every row."""
+    if cfg.seqlen < 1:
+        raise ConfigError("calibration.seqlen", f"must be at least 1 token, got {cfg.seqlen}")
+
+
 @dataclass
 class CalibrationSet:
     """Right-padded token batches; ``loss_mask`` marks the tokens a loss or a statistic counts."""
@@ -96,6 +102,7 @@ class CalibrationSource:
         self.cfg = cfg
 
     def check(self, data: DataConfig) -> None:
+        check_seqlen(self.cfg)
         if self.cfg.num_tokens < self.cfg.seqlen:
             raise ConfigError(
                 "calibration.num_tokens",

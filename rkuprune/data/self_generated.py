@@ -17,7 +17,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from rkuprune.data import sources
-from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationConfig, CalibrationSet, CalibrationSource
+from rkuprune.data.calibration import (
+    CALIBRATION_SOURCES,
+    CalibrationConfig,
+    CalibrationSet,
+    CalibrationSource,
+    check_seqlen,
+)
 from rkuprune.data.sources import DataConfig
 from rkuprune.data.synthetic import word_problems
 from rkuprune.errors import ConfigError
@@ -79,6 +85,7 @@ class SelfGenerated(CalibrationSource):
     regenerates: ClassVar[bool] = True
 
     def check(self, data: DataConfig) -> None:
+        check_seqlen(self.cfg)
         if self.cfg.questions not in QUESTION_SOURCES:
             raise ConfigError(
                 "calibration.questions", f"'{self.cfg.questions}' is not one of {', '.join(QUESTION_SOURCES)}"

@@ -78,6 +78,14 @@ class Task:
     def evaluate(self, model: nn.Module, tokenizer: Any, ctx: EvalContext) -> dict[str, float]:
         raise NotImplementedError
 
+    def check_model(self, context: int | None, tokenizer: Any) -> None:
+        """Fail before the model loads when inputs cannot fit its context (``context`` may be None)."""
+
+    def outputs(self) -> set[str]:
+        """The metric keys (or key prefixes) and files this task writes; two tasks of a suite must not
+        share one, or one's results would silently overwrite the other's."""
+        return set()
+
     def settings(self) -> dict[str, Any]:
         """Settings recorded in results.json next to the metrics."""
         return OmegaConf.to_container(OmegaConf.structured(self.cfg)) if self.cfg is not None else {}
@@ -103,7 +111,8 @@ def build_tasks(suite: BenchmarkConfig, data: DataConfig) -> dict[str, Task]:
             "benchmark.judge.enabled",
             "LLM judging is not implemented; set it to false (answers are scored by lm-eval's regex rules)",
         )
-    tasks = {}
+    tasks: dict[str, Task] = {}
+    owners: dict[str, str] = {}
     for key, raw in (suite.tasks or {}).items():
         if raw is None:  # a preset or override removed this task (benchmark.tasks.<key>=null)
             continue
@@ -116,5 +125,13 @@ def build_tasks(suite: BenchmarkConfig, data: DataConfig) -> dict[str, Task]:
             raise ConfigError(f"benchmark.tasks.{key}.{exc.key}", str(exc).splitlines()[0]) from exc
         task = entry.cls(key, OmegaConf.to_object(typed), data, suite)
         task.check()
+        for output in sorted(task.outputs()):
+            if output in owners:
+                raise ConfigError(
+                    f"benchmark.tasks.{key}",
+                    f"writes '{output}' like benchmark.tasks.{owners[output]}, so one would overwrite the other; "
+                    "change its settings or remove one of them",
+                )
+            owners[output] = key
         tasks[key] = task
     return tasks

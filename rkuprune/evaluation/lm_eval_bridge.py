@@ -159,6 +159,9 @@ class LMEval(Task):
 
         return version("lm_eval")
 
+    def outputs(self) -> set[str]:
+        return {metric_prefix(name) for name in self.cfg.tasks}
+
     def settings(self) -> dict[str, Any]:
         return {
             **super().settings(),

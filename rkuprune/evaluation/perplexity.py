@@ -11,6 +11,7 @@ windows of ``seqlen`` tokens; the result is exp(mean NLL over every predicted to
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,8 @@ def perplexity(model: nn.Module, ids: torch.Tensor, seqlen: int, max_windows: in
         )
         total_nll += nll.item()
         total_tokens += batch[:, 1:].numel()
-    return math.exp(total_nll / total_tokens)
+    mean_nll = total_nll / total_tokens
+    return math.exp(mean_nll) if mean_nll < math.log(sys.float_info.max) else math.inf  # exp overflows past ~709.78
 
 
 @TASKS.register("perplexity", PerplexityConfig)
@@ -83,9 +85,22 @@ class Perplexity(Task):
             raise ConfigError(f"{where}.dataset", f"'{self.cfg.dataset}' is not one of {', '.join(DATASETS)}")
         if self.cfg.seqlen < 2:
             raise ConfigError(f"{where}.seqlen", "must be at least 2")
+        if self.cfg.max_windows is not None and self.cfg.max_windows < 1:
+            raise ConfigError(
+                f"{where}.max_windows", f"must be at least 1 (or null for every window), got {self.cfg.max_windows}"
+            )
+        if self.cfg.batch_size < 1:
+            raise ConfigError(f"{where}.batch_size", f"must be at least 1, got {self.cfg.batch_size}")
         if self.cfg.dataset != "pydoc":
             split = "test" if self.cfg.dataset == "wikitext2" else "validation"
             sources.require_available(self.data, self.cfg.dataset, split, f"{where}.dataset={self.cfg.dataset}")
+
+    def outputs(self) -> set[str]:
+        return {self.metric_key}
+
+    @property
+    def metric_key(self) -> str:
+        return f"ppl/{self.cfg.dataset}@{self.cfg.seqlen}"
 
     def evaluate(self, model: nn.Module, tokenizer: Any, ctx: EvalContext) -> dict[str, float]:
         context = getattr(model.config, "max_position_embeddings", None)
@@ -97,7 +112,7 @@ class Perplexity(Task):
         if ids.numel() < self.cfg.seqlen:
             raise ConfigError(f"{self.field}.seqlen", f"{self.cfg.seqlen} exceeds the text length")
         value = perplexity(model, ids, self.cfg.seqlen, self.cfg.max_windows, self.cfg.batch_size)
-        return {f"ppl/{self.cfg.dataset}@{self.cfg.seqlen}": value}
+        return {self.metric_key: value}
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "joined_with": JOINERS[self.cfg.dataset], "bos": "once at the stream start"}

@@ -176,6 +176,9 @@ class ReasoningTask(Task):
             raise ConfigError(f"{self.field}.shots", f"{self.cfg.shots} exceeds the {len(pool)} exemplars available")
         return random.Random(self.cfg.fewshot_seed).sample(pool, self.cfg.shots)
 
+    def outputs(self) -> set[str]:
+        return {f"acc/{self.dataset}", f"predictions/{self.dataset}.jsonl"}
+
     def settings(self) -> dict[str, Any]:
         limit = self.suite.limit
         return {
@@ -260,7 +263,7 @@ class ReasoningTask(Task):
             )
         prompts = [self.prompt(q, tokenizer) for q in self.questions]
         cfg = self.cfg
-        self.check_context(model, tokenizer, prompts)
+        self.check_context(getattr(getattr(model, "config", None), "max_position_embeddings", None), tokenizer, prompts)
         sampling = Sampling(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.top_k)
         completions, stats = generate(
             model,
@@ -303,9 +306,13 @@ class ReasoningTask(Task):
             f"acc/{self.dataset}/lenient": sum(r["correct_lenient"] for r in rows) / n,
         }
 
-    def check_context(self, model: nn.Module, tokenizer: Any, prompts: list[str]) -> None:
+    def check_model(self, context: int | None, tokenizer: Any) -> None:
+        if self.cfg.chat and not getattr(tokenizer, "chat_template", None):
+            return  # evaluate() names the missing chat template
+        self.check_context(context, tokenizer, [self.prompt(q, tokenizer) for q in self.questions])
+
+    def check_context(self, context: int | None, tokenizer: Any, prompts: list[str]) -> None:
         """A prompt plus its generation must fit the model's context; past it a model only babbles."""
-        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         if context is None:
             return
         longest = max(len(tokenizer(p, add_special_tokens=not self.cfg.chat).input_ids) for p in prompts)

@@ -2,8 +2,10 @@
 
 A folder holds the weights, ``config.json`` extended with per-layer sizes, ``pruning_plan.json`` and
 the tokenizer. ``load_pruned`` rebuilds the architecture from the config, resizes each layer and
-loads the weights, refusing any tensor that does not match. When every layer has the same sizes the
-top-level config fields describe them, so ``AutoModelForCausalLM.from_pretrained`` loads it too.
+loads the weights, after checking the sizes, the plan and every tensor: a malformed or contradictory
+folder is one ``CheckpointError`` naming the file or field. No code from the folder ever runs. When
+every layer has the same sizes the top-level config fields describe them, so
+``AutoModelForCausalLM.from_pretrained`` loads it too.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,45 +23,53 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from rkuprune.errors import CheckpointError
+from rkuprune.errors import CheckpointError, PlanError
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.plan import PruningPlan
+from rkuprune.models.structures import LayerStructure, Structures
 from rkuprune.models.surgery import SIZES_KEY
+from rkuprune.tracking.atomic import umask_mode
 from rkuprune.versions import versions
 
 PLAN_FILE = "pruning_plan.json"
+LAYER_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+BIAS_NAMES = {"q", "k", "v", "o", "gate", "up", "down"}
 
 
 def save_pruned(model: PreTrainedModel, tokenizer: Any, plan: PruningPlan, path: str | Path) -> Path:
-    """Write a sliced model, its plan and tokenizer to ``path`` (replaced atomically)."""
+    """Write a sliced model, its plan and tokenizer to ``path``, swapped in atomically: the new folder is
+    complete before the old one is moved aside, so an interrupt leaves one of the two in place."""
     path = Path(path)
     if getattr(model.config, SIZES_KEY, None) is None:
         raise CheckpointError("save_pruned expects a sliced model: call apply_plan(model, plan, 'slice') first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new."))
     try:
+        staging.chmod(umask_mode(0o777))
         model.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         plan.metadata.setdefault("versions", versions())
         plan.save(staging / PLAN_FILE)
-        if path.exists():
-            shutil.rmtree(path)
-        staging.rename(path)
-    except BaseException:
+        _swap_in(staging, path)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{path}: no .safetensors weights found")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(load_file(str(file)))
-    return state
+def _swap_in(new: Path, path: Path) -> None:
+    """Rename ``new`` to ``path``; an existing ``path`` is renamed aside first and deleted last."""
+    if not path.exists():
+        new.rename(path)
+        return
+    old = path.with_name(f".{path.name}.old.{uuid.uuid4().hex[:8]}")
+    path.rename(old)
+    try:
+        new.rename(path)
+    except BaseException:
+        old.rename(path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _resize_linear(linear: nn.Linear, out_features: int, in_features: int, bias: bool) -> nn.Linear:
@@ -92,23 +103,179 @@ def _resize_layers(model: PreTrainedModel, sizes: list[dict[str, Any]]) -> None:
 def load_pruned(
     path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> tuple[PreTrainedModel, Any]:
-    """Rebuild a pruned model saved by ``save_pruned`` and return ``(model, tokenizer)``."""
+    """Rebuild a pruned model saved by ``save_pruned`` and return ``(model, tokenizer)``.
+
+    Everything is checked before any weight is used: config.json's per-layer sizes, pruning_plan.json
+    (types, ranges, and agreement with the sizes), the weight files and every tensor's name, shape
+    and dtype. A folder that asks for custom code (``auto_map``) is refused; no folder code ever runs.
+    """
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path}: no config.json; is this a folder written by save_pruned?")
-    config = AutoConfig.from_pretrained(path)
-    sizes = getattr(config, SIZES_KEY, None)
-    if sizes is None:
-        raise CheckpointError(f"{path}/config.json has no '{SIZES_KEY}'; it was not written by save_pruned")
+    raw = checked_config(path)
+    sizes = raw[SIZES_KEY]
+    plan = checked_plan(path, sizes)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
         _resize_layers(model, sizes)
+    if plan.base_layers:
+        _check_plan_ranges(path, plan, model)
     state = _read_weights(path)
-    expected = model.state_dict()
-    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    _check_tensors(path, state, model.state_dict(), raw, bool(config.tie_word_embeddings))
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    model.eval()
+    tokenizer = None
+    if (path / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    return model, tokenizer
+
+
+def read_json_file(file: Path) -> Any:
+    """A JSON file, or a CheckpointError naming it."""
+    try:
+        return json.loads(file.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing; is this a folder written by save_pruned?") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{file}: not readable JSON ({type(exc).__name__}: {exc})") from None
+
+
+def refuse_custom_code(folder: Path) -> None:
+    """A folder whose config or tokenizer config names custom code (``auto_map``) is refused, not run."""
+    for name in ("config.json", "tokenizer_config.json"):
+        file = folder / name
+        if file.is_file():
+            data = read_json_file(file)
+            if isinstance(data, dict) and "auto_map" in data:
+                raise CheckpointError(
+                    f"{file}: 'auto_map' asks to run the folder's own Python code, which rkuprune never does; "
+                    "remove 'auto_map' if the architecture is a standard one"
+                )
+
+
+def checked_config(path: Path) -> dict[str, Any]:
+    """config.json as a dict, with the per-layer sizes checked (types, positive, heads divisible by KV heads)."""
+    refuse_custom_code(path)
+    file = path / "config.json"
+    raw = read_json_file(file)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file}: not a JSON object")
+    sizes = raw.get(SIZES_KEY)
+    if sizes is None:
+        raise CheckpointError(f"{file} has no '{SIZES_KEY}'; it was not written by save_pruned")
+    if not isinstance(sizes, list) or not sizes:
+        raise CheckpointError(f"{file}: '{SIZES_KEY}' must be a non-empty list of per-layer sizes")
+    for i, size in enumerate(sizes):
+        where = f"{file}: {SIZES_KEY}[{i}]"
+        if not isinstance(size, dict):
+            raise CheckpointError(f"{where} is not an object")
+        for name in LAYER_FIELDS:
+            value = size.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise CheckpointError(f"{where}.{name} is {value!r}; it must be a positive integer")
+        if size["num_attention_heads"] % size["num_key_value_heads"]:
+            raise CheckpointError(
+                f"{where}: num_attention_heads {size['num_attention_heads']} is not a multiple of "
+                f"num_key_value_heads {size['num_key_value_heads']}"
+            )
+        biases = size.get("biases")
+        if not isinstance(biases, list) or not set(biases) <= BIAS_NAMES:
+            raise CheckpointError(f"{where}.biases is {biases!r}; it must list some of {sorted(BIAS_NAMES)}")
+    return raw
+
+
+def checked_plan(path: Path, sizes: list[dict[str, Any]]) -> PruningPlan:
+    """pruning_plan.json, type-checked, and in agreement with config.json's per-layer sizes."""
+    file = path / PLAN_FILE
+    try:
+        plan = PruningPlan.from_dict(read_json_file(file))
+    except PlanError as exc:
+        raise CheckpointError(f"{file}: {exc}") from None
+    if not plan.base_model:
+        raise CheckpointError(f"{file}: base_model is empty; the plan must name the model it was cut from")
+    kept = sorted(plan.layers, key=lambda lp: lp.index)
+    if len(kept) != len(sizes):
+        raise CheckpointError(f"{file}: the plan keeps {len(kept)} layers but config.json describes {len(sizes)}")
+    for position, (lp, size) in enumerate(zip(kept, sizes, strict=True)):
+        counts = (len(lp.q_heads), len(lp.kv_heads), len(lp.mlp_channels))
+        saved = tuple(size[name] for name in LAYER_FIELDS)
+        if counts != saved:
+            raise CheckpointError(
+                f"{file}: layer {lp.index} keeps {counts} (q heads, kv heads, channels) but config.json's "
+                f"{SIZES_KEY}[{position}] says {saved}"
+            )
+    return plan
+
+
+def _check_plan_ranges(path: Path, plan: PruningPlan, model: PreTrainedModel) -> None:
+    """Indices in range and GQA groups kept evenly, against the unpruned sizes the plan records."""
+    try:
+        structures = Structures(
+            tuple(
+                LayerStructure(
+                    i,
+                    model.config.hidden_size,
+                    adapter_for(model).head_dim,
+                    base["num_attention_heads"],
+                    base["num_key_value_heads"],
+                    base["intermediate_size"],
+                )
+                for i, base in enumerate(plan.base_layers)
+            )
+        )
+        plan.validate(structures)
+    except (PlanError, KeyError, TypeError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"{path / PLAN_FILE}: {exc}") from None
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The files save_pretrained wrote (the index's shards, or model.safetensors); any other is refused."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json_file(index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no 'weight_map' object")
+        files = sorted({path / str(name) for name in weight_map.values()})
+    else:
+        files = [path / "model.safetensors"]
+    for file in files:
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing; the folder's weights are incomplete")
+    stray = sorted(set(path.glob("*.safetensors")) - set(files))
+    if stray:
+        raise CheckpointError(f"{stray[0]}: not part of the saved checkpoint; remove it (it would override weights)")
+    return files
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for file in _weight_files(path):
+        try:
+            tensors = load_file(str(file))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types, without the file name
+            raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
+        twice = sorted(set(tensors) & set(state))
+        if twice:
+            raise CheckpointError(f"{file}: tensor '{twice[0]}' is also in another weight file")
+        state.update(tensors)
+    return state
+
+
+def _check_tensors(
+    path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], raw: dict[str, Any], tied: bool
+) -> None:
+    """Every tensor present, of the planned shape and the config's dtype; none extra; tying as config says."""
+    if tied and "lm_head.weight" in state:
+        raise CheckpointError(
+            f"{path}/config.json: tie_word_embeddings is true but the weights hold a separate lm_head.weight"
+        )
     for name, tensor in expected.items():
-        if name not in state and name not in tied:
-            raise CheckpointError(f"{path}: tensor '{name}' is missing from the weights")
+        if name not in state and not (tied and name == "lm_head.weight"):
+            hint = " (config.json says tie_word_embeddings is false)" if name == "lm_head.weight" else ""
+            raise CheckpointError(f"{path}: tensor '{name}' is missing from the weights{hint}")
         if name in state and tuple(state[name].shape) != tuple(tensor.shape):
             raise CheckpointError(
                 f"{path}: tensor '{name}' has shape {tuple(state[name].shape)} but the plan in config.json "
@@ -117,13 +284,13 @@ def load_pruned(
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise CheckpointError(f"{path}: tensor '{unexpected[0]}' in the weights has no place in the model")
-    model.load_state_dict(state, strict=False, assign=True)
-    if config.tie_word_embeddings:
-        model.tie_weights()
-    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else None
-    return model, tokenizer
+    declared = raw.get("dtype") or raw.get("torch_dtype")
+    wanted = getattr(torch, declared, None) if isinstance(declared, str) else None
+    for name, tensor in state.items():
+        if not tensor.is_floating_point() or (isinstance(wanted, torch.dtype) and tensor.dtype != wanted):
+            raise CheckpointError(
+                f"{path}: tensor '{name}' is {tensor.dtype} but config.json's dtype is {declared or 'a float type'}"
+            )
 
 
 def load_plan(path: str | Path) -> PruningPlan:

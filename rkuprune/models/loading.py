@@ -17,10 +17,12 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from rkuprune.errors import ConfigError
+from rkuprune.errors import CheckpointError, ConfigError
+from rkuprune.models.io import refuse_custom_code
 from rkuprune.models.tokenizer import byte_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 @dataclass
@@ -59,6 +61,10 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise ConfigError("model.source", f"'{cfg.source}' is not one of hub, random, gguf_package")
     if cfg.dtype not in DTYPES:
         raise ConfigError("model.dtype", f"'{cfg.dtype}' is not one of {', '.join(DTYPES)}")
+    if cfg.attn_implementation not in ATTENTION:
+        raise ConfigError(
+            "model.attn_implementation", f"'{cfg.attn_implementation}' is not one of {', '.join(ATTENTION)}"
+        )
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             "model.device", f"'{cfg.device}' asked for but no CUDA device is visible; use model.device=cpu"
@@ -68,6 +74,11 @@ def check_model_config(cfg: ModelConfig) -> None:
     if cfg.source == "hub":
         if not cfg.path:
             raise ConfigError("model.path", "set a hub id or a local folder")
+        if Path(cfg.path).is_dir():
+            try:
+                refuse_custom_code(Path(cfg.path))
+            except CheckpointError as exc:
+                raise ConfigError("model.path", str(exc)) from None
         if not Path(cfg.path).exists() and _hub_offline() and not _in_hub_cache(cfg.path):
             raise ConfigError(
                 "model.path",
@@ -111,8 +122,10 @@ def converted_gguf_folder(cfg: ModelConfig) -> Path:
     target = cache_dir() / "gguf" / gguf.stem
     if (target / "config.json").is_file():
         return target
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
     # The dequantized weights are plain floats; drop the quantizer so the copy is an ordinary model.
     model.hf_quantizer = None
     model.is_quantized = False
@@ -120,13 +133,32 @@ def converted_gguf_folder(cfg: ModelConfig) -> Path:
         del model.config.quantization_config
     model.config._name_or_path = cfg.name
     staging = target.with_name(target.name + f".tmp{os.getpid()}")
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
     try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
         staging.replace(target)
     except OSError:  # another process finished the same conversion first
+        if not (target / "config.json").is_file():
+            raise
+    finally:  # an interrupted or lost conversion leaves no half-written folder behind
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def peek_model(cfg: ModelConfig) -> tuple[int | None, Any] | None:
+    """``(context length, tokenizer)`` read without loading weights, where that is cheap (a random model,
+    a local folder, an already converted GGUF); None otherwise. Lets prompts be checked before loading."""
+    if cfg.source == "random":
+        return cfg.arch.get("max_position_embeddings"), byte_tokenizer()
+    if cfg.source == "gguf_package":
+        folder = cache_dir() / "gguf" / Path(str(cfg.gguf_file)).stem
+    else:
+        folder = Path(str(cfg.path))
+    if not (folder / "config.json").is_file():
+        return None
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    return getattr(config, "max_position_embeddings", None), tokenizer
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
@@ -145,8 +177,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             dtype=dtype,
             device_map=cfg.device_map,
             attn_implementation=cfg.attn_implementation,
+            trust_remote_code=False,
         )
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=False)
     if cfg.device_map is None:
         model = model.to(cfg.device)
     if tokenizer.pad_token is None:

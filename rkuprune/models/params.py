@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from rkuprune.models.adapters import adapter_for
+
+FINGERPRINT_SAMPLES = 4096  # values sampled per tensor (besides its sum)
 
 
 @dataclass(frozen=True)
@@ -35,3 +39,20 @@ def sparsity(before: ParamCounts, after: ParamCounts) -> float:
 def total_reduction(before: ParamCounts, after: ParamCounts) -> float:
     """Whole-model parameter reduction (embeddings, LM head and norms included)."""
     return 1.0 - after.total / before.total
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short hash of the model's weights, so that cached dense metrics follow the weights and not
+    the config (a folder overwritten behind ``model.path`` or an unpinned hub id changes it).
+
+    Per tensor: name, shape, dtype, a strided sample of its raw values and its L2 norm in float64
+    (rounded to 10 digits, so the reduction order of the CPU or GPU kernels cannot change it).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)][:FINGERPRINT_SAMPLES]
+        norm = float(torch.linalg.vector_norm(flat if flat.is_floating_point() else flat.double(), dtype=torch.float64))
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|{norm:.10e}|".encode())
+        digest.update(sample.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

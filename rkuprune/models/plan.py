@@ -49,10 +49,16 @@ class LayerPlan:
         return layer.params(len(self.q_heads), len(self.kv_heads), len(self.mlp_channels))
 
 
-def _check_indices(indices: list[int], size: int, what: str) -> None:
-    if list(indices) != sorted(set(indices)):
+def _check_indices(indices: list[int], size: int | None, what: str) -> None:
+    """Indices are a list of sorted, unique, non-negative integers (below ``size`` when it is known)."""
+    if not isinstance(indices, list):
+        raise PlanError(f"{what} must be a list of integers, got {indices!r}")
+    wrong = [i for i in indices if not isinstance(i, int) or isinstance(i, bool)]
+    if wrong:
+        raise PlanError(f"{what} must be integers, got {wrong[0]!r}")
+    if indices != sorted(set(indices)):
         raise PlanError(f"{what} must be sorted and unique, got {indices}")
-    bad = [i for i in indices if not 0 <= i < size]
+    bad = [i for i in indices if i < 0 or (size is not None and i >= size)]
     if bad:
         raise PlanError(f"{what} index {bad[0]} is out of range (the layer has {size})")
 
@@ -67,12 +73,23 @@ class PruningPlan:
     measured_sparsity: float | None = None
     base_revision: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Per layer of the unpruned model: num_attention_heads, num_key_value_heads, intermediate_size, so a
+    # saved plan can be checked (indices in range, GQA groups) without the base model.
+    base_layers: list[dict[str, int]] = field(default_factory=list)
 
     @classmethod
     def dense(cls, structures: Structures, base_model: str = "") -> PruningPlan:
         """The plan that keeps everything (the starting point of every allocator)."""
         return cls(
             base_model=base_model,
+            base_layers=[
+                {
+                    "num_attention_heads": layer.num_q_heads,
+                    "num_key_value_heads": layer.num_kv_heads,
+                    "intermediate_size": layer.intermediate_size,
+                }
+                for layer in structures.layers
+            ],
             layers=[
                 LayerPlan(
                     layer.index,
@@ -131,8 +148,18 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
+        """A plan from its JSON form, with types checked (indices: sorted unique non-negative integers)."""
         try:
             layers = [LayerPlan(**layer) for layer in data["layers"]]
+            for lp in layers:
+                where = f"layer {lp.index}"
+                if not isinstance(lp.index, int) or isinstance(lp.index, bool) or lp.index < 0:
+                    raise PlanError(f"layer index {lp.index!r} is not a non-negative integer")
+                for name in ("q_heads", "kv_heads", "mlp_channels"):
+                    _check_indices(getattr(lp, name), None, f"{where}: {name}")
+            _check_indices(data.get("removed_layers", []), None, "removed_layers")
+            if not isinstance(data["base_model"], str):
+                raise PlanError(f"base_model must be a string, got {data['base_model']!r}")
             return cls(
                 base_model=data["base_model"],
                 layers=layers,
@@ -140,9 +167,10 @@ class PruningPlan:
                 measured_sparsity=data.get("measured_sparsity"),
                 base_revision=data.get("base_revision"),
                 metadata=dict(data.get("metadata", {})),
+                base_layers=list(data.get("base_layers", [])),
             )
-        except (KeyError, TypeError) as exc:
-            raise PlanError(f"not a pruning plan: {exc}") from exc
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise PlanError(f"not a pruning plan: {type(exc).__name__}: {exc}") from exc
 
     def save(self, path: str | Path) -> None:
         from rkuprune.tracking.atomic import write_json

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rkuprune.tracking.records import RESULTS_FILE
+from rkuprune.tracking.records import RESULTS_FILE, read_results
 
 # Config paths that never tell two runs apart in a table (they are bookkeeping, or the column).
 IGNORED_KEYS = {"sweep_name", "tags", "save_model", "dense_cache", "seed", "pruning.sparsity"}
@@ -57,21 +57,14 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def collect(folder: Path) -> Collection:
-    """Load completed runs; corrupt, failed or incomplete files are reported in ``skipped`` and passed over."""
+    """Load completed runs; corrupt, failed, incomplete or malformed files are named in ``skipped`` and
+    passed over (``read_results`` says why). NaN or infinite metrics come back as floats and show as such."""
     found = Collection()
     raw: list[tuple[Path, dict[str, Any]]] = []
     for path in sorted(Path(folder).rglob(RESULTS_FILE)):
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            found.skipped.append(f"{path}: not readable JSON ({exc})")
-            continue
-        if not isinstance(results, dict) or results.get("status") != "completed":
-            status = results.get("status") if isinstance(results, dict) else "not an object"
-            found.skipped.append(f"{path}: status {status!r}, not completed")
-            continue
-        if "pruning" not in results or "config" not in results:
-            found.skipped.append(f"{path}: missing 'pruning' or 'config'")
+        results, problem = read_results(path)
+        if results is None:
+            found.skipped.append(f"{path}: {problem}")
             continue
         raw.append((path, results))
     # A variant is whatever else differs between runs of the same model and scorer (e.g. the calibration).

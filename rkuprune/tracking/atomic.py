@@ -1,12 +1,22 @@
-"""Atomic writes: a reader (or a crash) never sees half a file."""
+"""Atomic writes: a reader (or a crash) never sees half a file. Files get the modes a plain ``open``
+would give (the umask decides), not mkstemp's owner-only 600, so shared cluster folders stay readable.
+Non-finite floats are written as ``null`` (strict JSON); records flag them separately."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def umask_mode(base: int) -> int:
+    """``base`` (0o666 for files, 0o777 for folders) less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -14,6 +24,7 @@ def write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_mode(0o666))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -24,5 +35,16 @@ def write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def finite_or_none(data: Any) -> Any:
+    """``data`` with every NaN or infinity replaced by None, so that it is strict JSON."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {key: finite_or_none(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite_or_none(value) for value in data]
+    return data
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    write_text(path, json.dumps(finite_or_none(data), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
