@@ -6,6 +6,7 @@ Speed itself is never asserted: it depends on the machine. Only figures that fol
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 from rkuprune import apply_plan
 from rkuprune.evaluation import speed
 from rkuprune.models.adapters import adapter_for
-from tests.conftest import TINY_ARCHS, random_plan, tiny
+from tests.conftest import REPO, TINY_ARCHS, random_plan, tiny
 from tests.test_app import run_cli
 
 TINY_SPEED = ["benchmark.speed.prompt_length=8", "benchmark.speed.new_tokens=2", "benchmark.speed.repeats=1"]
@@ -114,3 +115,14 @@ def test_ratios_and_flattening() -> None:
         "efficiency/speed/dense/decode_tokens_per_s@b1": 10.0,
         "efficiency/load_s": 1.5,
     }
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line(tmp_path, monkeypatch, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == gpu_check.NO_CUDA and "no CUDA device" in err
+    assert not (tmp_path / "out").exists()
