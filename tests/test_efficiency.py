@@ -15,6 +15,8 @@ import torch
 from rkuprune import apply_plan
 from rkuprune.evaluation import speed
 from rkuprune.models.adapters import adapter_for
+from rkuprune.report.collect import collect
+from rkuprune.report.tables import build_table
 from tests.conftest import REPO, TINY_ARCHS, random_plan, tiny
 from tests.test_app import run_cli
 
@@ -83,6 +85,11 @@ def test_a_run_records_the_efficiency_block(tmp_path, monkeypatch, capsys) -> No
     kept_kv = sum(len(layer["kv_heads"]) for layer in plan["layers"])
     total_kv = 4 * 2  # tiny-qwen3: 4 layers, 2 KV heads
     assert ratio["kv_cache_bytes_per_token"] == pytest.approx(kept_kv / total_kv)
+    # the sweep table shows the speedups next to the sparsity
+    table = build_table(collect(tmp_path))
+    row = next(cells for _, label, cells in table.rows if label == "rku")
+    assert row[(0.4, "speedup/decode@b1")] == f"{ratio[speed.decode_key(1)]:.2f}"
+    assert row[(0.4, "speedup/ideal")] == f"{block['ideal_speedup']:.2f}"
 
 
 def test_speed_can_be_switched_off(tmp_path, monkeypatch, capsys) -> None:

@@ -230,3 +230,16 @@ def check(cfg: SpeedConfig) -> None:
         raise ConfigError(
             "benchmark.speed.decode_batches", f"needs batch sizes of at least 1, got {cfg.decode_batches}"
         )
+
+
+def report_columns(efficiency: dict[str, Any]) -> dict[str, float]:
+    """What a sweep table shows next to the sparsity: pruned/dense throughput and the weight-bytes ideal."""
+    block = efficiency.get("speed") or {}
+    columns = {
+        f"speedup/{key.replace('_tokens_per_s', '')}": value
+        for key, value in block.get("ratio", {}).items()
+        if "_tokens_per_s" in key
+    }
+    if "ideal_speedup" in block:
+        columns["speedup/ideal"] = block["ideal_speedup"]
+    return columns

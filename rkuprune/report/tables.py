@@ -70,7 +70,9 @@ def to_markdown(table: Table) -> str:
     header = table.header()
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table.body()]
-    return "\n".join(lines) + "\n\nAccuracies in %, perplexities as exp(mean NLL); (paper x) = published value.\n"
+    notes = "Accuracies in %, perplexities as exp(mean NLL); (paper x) = published value; speedup/* = pruned/dense "
+    notes += "throughput measured in the run (speedup/ideal: dense/pruned weight bytes).\n"
+    return "\n".join(lines) + "\n\n" + notes
 
 
 def _tex_escape(text: str) -> str:
