@@ -112,7 +112,7 @@ def _decode(model: nn.Module, ids: torch.Tensor, steps: int) -> tuple[Any, float
     _synchronize(ids.device)
     start = time.perf_counter()
     for _ in range(steps):
-        out = model(input_ids=token.to(ids.device), past_key_values=cache, use_cache=True)
+        out = model(input_ids=token.to(ids.device), use_cache=True, **{CACHE_KEY: cache})
         cache, token = out[CACHE_KEY], out.logits[:, -1].argmax(-1, keepdim=True)
     _synchronize(ids.device)
     return cache, time.perf_counter() - start
