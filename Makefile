@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format clean gpu-check
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(OFFLINE) WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# On a GPU machine, the first command to run: the 8B path end to end in minutes (scripts/gpu_check.py).
+gpu-check: $(STAMP)
+	$(OFFLINE) $(PY) scripts/gpu_check.py --out gpu_check
 
 lint: $(STAMP)
 	$(PY) -m ruff check rkuprune tests

@@ -19,12 +19,14 @@ from rkuprune.allocation.schedule import Trajectory, run_iterative, trajectory_e
 from rkuprune.config import RunConfig, config_hash
 from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationSet, CalibrationSource
 from rkuprune.errors import ConfigError
+from rkuprune.evaluation import speed
 from rkuprune.evaluation.base import EvalContext, Task, build_tasks, derived_metrics
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.io import save_pruned
 from rkuprune.models.loading import LoadedModel, cache_dir, check_model_config, load_model, peek_model
 from rkuprune.models.params import count_params, sparsity, total_reduction, weights_fingerprint
 from rkuprune.models.plan import PruningPlan
+from rkuprune.models.structures import Structures
 from rkuprune.models.surgery import apply_plan
 from rkuprune.report.plan_picture import plot_plan
 from rkuprune.scoring.base import SCORERS, Scorer
@@ -70,6 +72,8 @@ def prepare(cfg: RunConfig) -> Stages:
     if peeked is not None:
         for task in tasks.values():
             task.check_model(*peeked)
+    if cfg.benchmark.speed.enabled:
+        speed.check(cfg.benchmark.speed)
     tracker = TRACKERS.build(cfg.logger, "logger")
     tracker.check()
     return Stages(scorer, calibration, tasks, tracker)
@@ -80,7 +84,7 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
     stages = prepare(cfg)
     finished = completed_results(run_dir, config_hash(config), cfg.save_model)
     if finished is not None:
-        print(f"skipped: {run_dir} already completed with the same config")
+        log.info("skipped: %s already completed with the same config", run_dir)
         return {**finished, "skipped": True}
     torch.manual_seed(cfg.seed)
     record = RunRecord(run_dir, config, config_hash(config))
@@ -89,15 +93,28 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
     stages.tracker.start(run_dir, config, name=run_dir.name, group=cfg.sweep_name, tags=tags)
     ctx = EvalContext(run_dir=run_dir, tracker=stages.tracker, seed=cfg.seed)
     try:
+        log.info("loading %s (source %s, %s on %s)", cfg.model.name, cfg.model.source, cfg.model.dtype, where(cfg))
         with record.timed("load_s"):
             loaded = load_model(cfg.model)
-        check_feasible(cfg.pruning, adapter_for(loaded.model).structures())
+        structures = adapter_for(loaded.model).structures()
+        check_feasible(cfg.pruning, structures)
         calibration = build_calibration(stages, loaded, cfg, record)
         dense = evaluate_dense(stages.tasks, loaded, cfg, ctx, record)
+        dense_speed = measure_speed(cfg.benchmark.speed, loaded, "dense")
+        log.info("scoring with %s (%s schedule)", cfg.scorer.name, cfg.pruning.schedule)
         with record.timed("score_s"):
             plan, loaded = select_units(cfg, loaded, stages, calibration, record, run_dir)
+        record_scoring_rate(calibration, record)
+        log.info(
+            "allocation (%s, target sparsity %g): %s",
+            cfg.pruning.allocation,
+            cfg.pruning.sparsity,
+            removed_summary(plan, structures),
+        )
         with record.timed("prune_s"):
             prune(cfg, loaded, plan, record, stages.scorer)
+        log.info("sliced: measured sparsity %.4f", plan.measured_sparsity)
+        record_speed(cfg.benchmark.speed, loaded, dense_speed, record)
         with record.timed("eval_s"):
             metrics = evaluate(stages.tasks, loaded, ctx)
         finish(cfg, loaded, plan, metrics, dense, record, stages.tracker, run_dir)
@@ -133,9 +150,70 @@ def completed_results(run_dir: Path, wanted_hash: str, save_model: bool) -> dict
 def build_calibration(stages: Stages, loaded: LoadedModel, cfg: RunConfig, record: RunRecord) -> CalibrationSet | None:
     if stages.calibration is None:
         return None
+    log.info("building calibration '%s' (%d tokens asked)", cfg.calibration.name, cfg.calibration.num_tokens)
     calibration = stages.calibration.build(loaded.tokenizer, cfg.data, model=loaded.model)
     record.update("calibration", calibration.provenance)
+    log.info("calibration: %d tokens in %d rows", calibration.num_tokens, len(calibration))
     return calibration
+
+
+def where(cfg: RunConfig) -> str:
+    return f"device_map={cfg.model.device_map}" if cfg.model.device_map else cfg.model.device
+
+
+def record_scoring_rate(calibration: CalibrationSet | None, record: RunRecord) -> None:
+    """Calibration tokens scored per second (iterative schedules pass them once per step)."""
+    seconds = record.data["efficiency"].get("score_s")
+    if calibration is not None and seconds:
+        record.update("efficiency", {"scoring_tokens_per_s": calibration.num_tokens / seconds})
+        log.info("scored in %.1f s (%.0f calibration tokens/s)", seconds, calibration.num_tokens / seconds)
+
+
+def removed_summary(plan: PruningPlan, structures: Structures) -> str:
+    """Removed query heads, KV heads, MLP channels and whole layers, out of the dense totals."""
+    kept = {lp.index: lp for lp in plan.layers}
+    removed_layers = set(plan.removed_layers)
+    totals = {"query heads": 0, "KV heads": 0, "MLP channels": 0}
+    removed = dict.fromkeys(totals, 0)
+    for layer in structures.layers:
+        sizes = {
+            "query heads": layer.num_q_heads,
+            "KV heads": layer.num_kv_heads,
+            "MLP channels": layer.intermediate_size,
+        }
+        lp = None if layer.index in removed_layers else kept.get(layer.index)
+        left = {"query heads": lp.q_heads, "KV heads": lp.kv_heads, "MLP channels": lp.mlp_channels} if lp else {}
+        for kind, size in sizes.items():
+            totals[kind] += size
+            removed[kind] += size - len(left.get(kind, []))
+    parts = [f"{removed[k]}/{totals[k]} {k}" for k in totals]
+    return ", ".join(parts) + f", {len(removed_layers)}/{len(structures.layers)} layers removed"
+
+
+def measure_speed(cfg: speed.SpeedConfig, loaded: LoadedModel, which: str) -> dict[str, Any] | None:
+    """Inference efficiency of the model as it is now (``benchmark.speed``), or None when switched off."""
+    if not cfg.enabled:
+        return None
+    log.info("measuring %s inference speed", which)
+    figures = speed.measure(loaded.model, cfg)
+    log.info("%s: %s", which, speed.describe(figures))
+    return figures
+
+
+def record_speed(cfg: speed.SpeedConfig, loaded: LoadedModel, dense: dict[str, Any] | None, record: RunRecord) -> None:
+    """Measure the pruned model and record both sides, their ratios and the weight-bytes ideal."""
+    pruned = measure_speed(cfg, loaded, "pruned")
+    if dense is None or pruned is None:
+        return
+    comparison = speed.compare(dense, pruned)
+    log.info(
+        "speedup: prefill %.2fx, decode %s; ideal (weight bytes) %.2fx",
+        comparison["ratio"]["prefill_tokens_per_s"],
+        ", ".join(f"{k.split('@')[1]} {v:.2f}x" for k, v in comparison["ratio"].items() if k.startswith("decode")),
+        comparison["ideal_speedup"],
+    )
+    values = {"settings": speed.settings(cfg, loaded.model), "dense": dense, "pruned": pruned, **comparison}
+    record.update("efficiency", {"speed": values})
 
 
 def select_units(
@@ -262,8 +340,11 @@ def prune(cfg: RunConfig, loaded: LoadedModel, plan: PruningPlan, record: RunRec
 
 def evaluate(tasks: dict[str, Task], loaded: LoadedModel, ctx: EvalContext) -> dict[str, float]:
     metrics: dict[str, float] = {}
-    for task in tasks.values():
-        metrics.update(task.evaluate(loaded.model, loaded.tokenizer, ctx))
+    for key, task in tasks.items():
+        log.info("evaluating %s (%s)", key, task.cfg.task)
+        values = task.evaluate(loaded.model, loaded.tokenizer, ctx)
+        log.info("%s: %s", key, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+        metrics.update(values)
     metrics.update(derived_metrics(metrics))
     return metrics
 
@@ -277,7 +358,7 @@ def evaluate_dense(
     weights = weights_fingerprint(loaded.model) if cfg.dense_cache else ""
     dense_ctx = EvalContext(run_dir=None, tracker=None, seed=ctx.seed)
     with record.timed("dense_eval_s"):
-        for task in tasks.values():
+        for name, task in tasks.items():
             key = config_hash(
                 {"weights": weights, "task": task.settings(), "data": str(cfg.data.root), "seed": cfg.seed}
             )
@@ -285,7 +366,9 @@ def evaluate_dense(
             cached = read_dense_cache(path) if cfg.dense_cache else None
             if cached is not None:
                 dense.update(cached)
+                log.info("dense %s: cached (%s)", name, path)
                 continue
+            log.info("evaluating the dense model: %s", name)
             values = task.evaluate(loaded.model, loaded.tokenizer, dense_ctx)
             if cfg.dense_cache:
                 write_json(path, values)
@@ -327,10 +410,11 @@ def finish(
     plot_plan(plan, run_dir / "pruning_plan.png", title=f"{cfg.model.name} {cfg.scorer.name}")
     record.update("metrics", metrics)
     if cfg.save_model:
+        log.info("saving the pruned model to %s", run_dir / "model")
         save_pruned(loaded.model, loaded.tokenizer, plan, run_dir / "model")
     record.complete()
     summary = {f"pruning/{k}": v for k, v in record.data["pruning"].items() if isinstance(v, int | float)}
     summary.update(metrics)
     summary.update({f"dense/{k}": v for k, v in dense.items()})
-    summary.update({f"efficiency/{k}": v for k, v in record.data["efficiency"].items()})
+    summary.update(speed.flat_numbers(record.data["efficiency"], "efficiency/"))
     tracker.log_summary(summary)

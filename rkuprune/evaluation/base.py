@@ -17,6 +17,7 @@ from torch import nn
 
 from rkuprune.data.sources import DataConfig
 from rkuprune.errors import ConfigError
+from rkuprune.evaluation.speed import SpeedConfig
 from rkuprune.registry import Registry
 
 
@@ -41,12 +42,13 @@ class JudgeConfig:
 @dataclass
 class BenchmarkConfig:
     """``benchmark`` group: a suite name, its tasks, a cap on questions for generative tasks, and the
-    (off) LLM judge."""
+    (off) LLM judge, and the inference-speed measurement of the dense and pruned model (``speed``)."""
 
     name: str = "offline"
     tasks: dict[str, Any] = field(default_factory=dict)
     limit: int | None = None
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
 
 @dataclass

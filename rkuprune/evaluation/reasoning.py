@@ -24,6 +24,7 @@ text also occurs in the evaluated split is dropped from the pool), either as pla
 from __future__ import annotations
 
 import json
+import logging
 import random
 import sys
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from rkuprune.evaluation import extraction
 from rkuprune.evaluation.base import TASKS, BenchmarkConfig, EvalContext, Task, TaskConfig
 from rkuprune.generation import Sampling, generate
 from rkuprune.tracking.atomic import write_text
+
+log = logging.getLogger(__name__)
 
 NUMBER_INSTRUCTIONS = {
     "answer_is": 'Solve the problem step by step, then finish with "The answer is N." where N is the final number.',
@@ -287,10 +290,14 @@ class ReasoningTask(Task):
                     **self.score(completion.text, q),
                 }
             )
-        print(
-            f"{self.dataset}: {stats.num_prompts} questions, {stats.new_tokens} new tokens in "
-            f"{stats.seconds:.1f} s ({stats.tokens_per_s:.1f} tokens/s, batch {cfg.batch_size})",
-            file=sys.stderr,
+        log.info(
+            "%s: %d questions, %d new tokens in %.1f s (%.1f tokens/s, batch %d)",
+            self.dataset,
+            stats.num_prompts,
+            stats.new_tokens,
+            stats.seconds,
+            stats.tokens_per_s,
+            cfg.batch_size,
         )
         if all(row["extracted"] is None and row["extracted_lenient"] is None for row in rows):
             print(

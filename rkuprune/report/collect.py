@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rkuprune.evaluation.speed import report_columns
 from rkuprune.tracking.records import RESULTS_FILE, read_results
 
 # Config paths that never tell two runs apart in a table (they are bookkeeping, or the column).
@@ -88,7 +89,10 @@ def collect(folder: Path) -> Collection:
                 variant=variant,
                 target=float(results["pruning"]["target_sparsity"]),
                 measured=float(results["pruning"]["measured_sparsity"]),
-                metrics={k: float(v) for k, v in results.get("metrics", {}).items()},
+                metrics={
+                    **{k: float(v) for k, v in results.get("metrics", {}).items()},
+                    **report_columns(results.get("efficiency", {})),  # speedups, shown next to sparsity
+                },
                 dense={k: float(v) for k, v in results.get("dense_metrics", {}).items()},
                 config=results["config"],
             )

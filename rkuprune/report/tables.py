@@ -82,7 +82,10 @@ def to_markdown(table: Table) -> str:
     header = table.header()
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table.body()]
-    legend = "Accuracies in %, perplexities as exp(mean NLL); (paper x) = published value."
+    legend = (
+        "Accuracies in %, perplexities as exp(mean NLL); (paper x) = published value; speedup/* = pruned/dense "
+        "throughput measured in the run (speedup/ideal: dense/pruned weight bytes)."
+    )
     return "\n".join([*lines, "", legend, *footnotes(table)]) + "\n"
 
 

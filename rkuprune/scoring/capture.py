@@ -16,6 +16,7 @@ calibrated on its output (FLAP's ``prune_wanda_sp``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from rkuprune.errors import ConfigError
 from rkuprune.models.adapters import adapter_for
 from rkuprune.scoring.base import LayerScores, Scores
 from rkuprune.scoring.objectives import Objective
+from rkuprune.tracking.progress import progress
+
+log = logging.getLogger(__name__)
 
 Key = tuple[int, str]  # (layer index, "attention" | "mlp")
 
@@ -238,7 +242,7 @@ def run_calibration(
     total = sum(objective.count(b) for b in batches) if objective is not None else 0
     decoder = adapter_for(model).decoder()
     with frozen(model, weights), capture or nullcontext(), torch.set_grad_enabled(gradients):
-        for batch in batches:
+        for batch in progress(batches, "scoring" if gradients else "calibration forward", log):
             if capture is not None:
                 capture.mask = token_mask(batch, skip_first)
             out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
