@@ -1,6 +1,6 @@
 """The pruning pipeline, stage after stage as in DESIGN.md section 1:
 
-config -> load model -> build calibration -> score -> allocate -> apply (slice) -> evaluate -> record
+config -> load model -> build calibration -> score -> allocate -> apply (slice) -> (recover) -> evaluate -> record
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from rkuprune.models.loading import LoadedModel, cache_dir, check_model_config, 
 from rkuprune.models.params import count_params, sparsity, total_reduction
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import apply_plan
+from rkuprune.recovery import RECOVERY, Recovery
 from rkuprune.scoring.base import SCORERS, Scorer
 from rkuprune.tracking.atomic import write_json
 from rkuprune.tracking.records import RESULTS_FILE, RunRecord
@@ -39,6 +40,7 @@ class Stages:
     calibration: CalibrationSource | None
     tasks: dict[str, Task]
     tracker: Tracker
+    recovery: Recovery
 
 
 def prepare(cfg: RunConfig) -> Stages:
@@ -47,6 +49,7 @@ def prepare(cfg: RunConfig) -> Stages:
     check_model_config(cfg.model)
     scorer = SCORERS.build(cfg.scorer, "scorer")
     scorer.check()
+    check_depth(cfg, scorer)
     calibration = None
     if scorer.needs_calibration:
         calibration = CALIBRATION_SOURCES.build(cfg.calibration, "calibration")
@@ -62,7 +65,23 @@ def prepare(cfg: RunConfig) -> Stages:
     tasks = build_tasks(cfg.benchmark, cfg.data)
     tracker = TRACKERS.build(cfg.logger, "logger")
     tracker.check()
-    return Stages(scorer, calibration, tasks, tracker)
+    recovery = RECOVERY.build(cfg.recovery, "recovery")
+    recovery.check(cfg.data)
+    return Stages(scorer, calibration, tasks, tracker, recovery)
+
+
+def check_depth(cfg: RunConfig, scorer: Scorer) -> None:
+    """Depth pruning needs layer scores, and a layer-only scorer (shortgpt) cannot rank heads or channels."""
+    if cfg.pruning.depth_share > 0 and not scorer.scores_layers:
+        raise ConfigError(
+            "pruning.granularity",
+            f"scorer '{cfg.scorer.name}' gives no layer scores for depth pruning; use scorer=shortgpt, rku or taylor",
+        )
+    if cfg.pruning.depth_share < 1 and not scorer.scores_units:
+        raise ConfigError(
+            "pruning.granularity",
+            f"scorer '{cfg.scorer.name}' scores whole layers only; set pruning.granularity=layer",
+        )
 
 
 def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +107,7 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
             plan, loaded = select_units(cfg, loaded, stages, calibration, record, run_dir)
         with record.timed("prune_s"):
             prune(cfg, loaded, plan, record, stages.scorer)
+        recover(cfg, loaded, stages, record)
         with record.timed("eval_s"):
             metrics = evaluate(stages.tasks, loaded, ctx)
         finish(cfg, loaded, plan, metrics, dense, record, stages.tracker, run_dir)
@@ -195,9 +215,29 @@ def prune(cfg: RunConfig, loaded: LoadedModel, plan: PruningPlan, record: RunRec
             "measured_sparsity": plan.measured_sparsity,
             "total_param_reduction": total_reduction(before, after),
             "granularity": cfg.pruning.granularity,
+            "depth_fraction": cfg.pruning.depth_share,
+            "removed_layers": plan.removed_layers,
+            "overshoot": plan.measured_sparsity - cfg.pruning.sparsity,
             "allocation": cfg.pruning.allocation,
             "schedule": cfg.pruning.schedule,
         },
+    )
+
+
+def recover(cfg: RunConfig, loaded: LoadedModel, stages: Stages, record: RunRecord) -> None:
+    """Evaluate the pruned model, then fine-tune it (merged into plain weights) when a recovery is set."""
+    if not stages.recovery.active:
+        return
+    with record.timed("eval_before_recovery_s"):
+        before = evaluate(stages.tasks, loaded, EvalContext(run_dir=None, tracker=None, seed=cfg.seed))
+    record.data["metrics_before_recovery"] = before
+    with record.timed("recover_s"):
+        result = stages.recovery.recover(loaded.model, loaded.tokenizer, cfg.data)
+    loaded.model = result.model
+    record.data["recovery"] = {**result.info, "losses": result.losses}
+    record.write()
+    stages.tracker.log_series(
+        "recovery/step", [{"recovery/step": i + 1, "recovery/loss": loss} for i, loss in enumerate(result.losses)]
     )
 
 
@@ -253,5 +293,6 @@ def finish(
     summary = {f"pruning/{k}": v for k, v in record.data["pruning"].items() if isinstance(v, int | float)}
     summary.update(metrics)
     summary.update({f"dense/{k}": v for k, v in dense.items()})
+    summary.update({f"before_recovery/{k}": v for k, v in record.data.get("metrics_before_recovery", {}).items()})
     summary.update({f"efficiency/{k}": v for k, v in record.data["efficiency"].items()})
     tracker.log_summary(summary)

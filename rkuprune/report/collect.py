@@ -95,7 +95,10 @@ def collect(folder: Path) -> Collection:
                 variant=variant,
                 target=float(results["pruning"]["target_sparsity"]),
                 measured=float(results["pruning"]["measured_sparsity"]),
-                metrics={k: float(v) for k, v in results.get("metrics", {}).items()},
+                metrics={
+                    **{k: float(v) for k, v in results.get("metrics", {}).items()},
+                    **{f"before_recovery/{k}": float(v) for k, v in results.get("metrics_before_recovery", {}).items()},
+                },
                 dense={k: float(v) for k, v in results.get("dense_metrics", {}).items()},
                 config=results["config"],
             )

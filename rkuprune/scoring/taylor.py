@@ -17,6 +17,9 @@ several it is the sum of the per-batch scores.
 ``scope``: ``global`` keeps raw scores (one ranking across layers, LLM-Pruner's global pruning);
 ``layer`` divides each layer's scores by that layer's total, so a layer-wide gradient scale cannot
 decide how much each layer loses (heads and channels inside a layer keep their ratio).
+
+Layer score (depth pruning): Σ |W ⊙ ∇_W L| over all seven projections of the layer (the sum of its head
+and channel scores before any ``scope`` division), the layer-level analogue of LLM-Pruner's group score.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def _salience(weight: nn.Parameter, grad: torch.Tensor) -> torch.Tensor:
 class TaylorScorer(Scorer):
     cfg: TaylorConfig
     needs_calibration = True
+    scores_layers = True
 
     def check(self) -> None:
         if self.cfg.scope not in SCOPES:
@@ -85,6 +89,8 @@ class TaylorScorer(Scorer):
         run_calibration(
             model, calibration, objective=OBJECTIVES["lm_loss"], weights=weights, on_weight_grads=accumulate
         )
+        for layer in scores:
+            layer.layer = float(layer.heads.sum() + layer.channels.sum())
         if self.cfg.scope == "layer":
             for layer in scores:
                 total = (layer.heads.sum() + layer.channels.sum()).clamp_min(torch.finfo(torch.float32).tiny)
