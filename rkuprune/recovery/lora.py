@@ -115,11 +115,24 @@ class LoRARecovery(Recovery):
         return [name for name, module in model.named_modules() if id(module) in wanted]
 
     def recover(self, model: nn.Module, tokenizer: Any, data: DataConfig) -> RecoveryResult:
+        """Train the adapters, merge them into the weights, and restore the model's gradient flags."""
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        peft_model, losses, info = self.train(model, tokenizer, data)
+        merged = peft_model.merge_and_unload()
+        if self.cfg.gradient_checkpointing:
+            merged.gradient_checkpointing_disable()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        merged.eval()
+        return RecoveryResult(merged, losses, info)
+
+    def train(self, model: nn.Module, tokenizer: Any, data: DataConfig) -> tuple[Any, list[float], dict[str, Any]]:
+        """Wrap ``model`` with LoRA adapters and train them; returns the PEFT model (in eval mode), the
+        loss of every step and what was trained on."""
         from peft import LoraConfig, get_peft_model
 
         cfg = self.cfg
         calibration = self.data_source().build(tokenizer, data)
-        flags = [(p, p.requires_grad) for p in model.parameters()]
         torch.manual_seed(cfg.seed)
         lora = LoraConfig(
             r=cfg.rank,
@@ -135,8 +148,7 @@ class LoRARecovery(Recovery):
         trainable = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear(cfg.warmup_steps, cfg.steps))
-        device = model.get_input_embeddings().weight.device
-        batches = list(calibration.batches(device))
+        batches = list(calibration.batches(model.get_input_embeddings().weight.device))
         losses = []
         peft_model.train()
         for step in range(cfg.steps):
@@ -152,21 +164,16 @@ class LoRARecovery(Recovery):
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(total)
-        merged = peft_model.merge_and_unload()
-        if cfg.gradient_checkpointing:
-            merged.gradient_checkpointing_disable()
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        merged.eval()
+        peft_model.eval()
         info = {
             "method": "lora",
             "trainable_params": sum(p.numel() for p in trainable),
-            "target_modules": len(lora.target_modules),
+            "adapted_modules": len(lora.target_modules),
             "sequences_per_step": cfg.batch_size * cfg.grad_accumulation,
-            "data": calibration.provenance,
             "epochs": cfg.steps * cfg.grad_accumulation / len(batches),
+            "data": calibration.provenance,
         }
-        return RecoveryResult(merged, losses, info)
+        return peft_model, losses, info
 
 
 def _warmup_then_linear(warmup: int, total: int):  # noqa: ANN202 - returns the LambdaLR factor function
