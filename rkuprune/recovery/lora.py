@@ -159,7 +159,7 @@ class LoRARecovery(Recovery):
                 labels = batch["input_ids"].masked_fill(~counted, -100)
                 out = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
                 (out.loss / cfg.grad_accumulation).backward()
-                total += float(out.loss) / cfg.grad_accumulation
+                total += out.loss.item() / cfg.grad_accumulation
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
