@@ -215,7 +215,7 @@ def prune(cfg: RunConfig, loaded: LoadedModel, plan: PruningPlan, record: RunRec
             "measured_sparsity": plan.measured_sparsity,
             "total_param_reduction": total_reduction(before, after),
             "granularity": cfg.pruning.granularity,
-            "depth_fraction": cfg.pruning.depth_share,
+            "depth_share": cfg.pruning.depth_share,
             "removed_layers": plan.removed_layers,
             "overshoot": plan.measured_sparsity - cfg.pruning.sparsity,
             "allocation": cfg.pruning.allocation,
