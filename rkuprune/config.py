@@ -16,12 +16,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 import rkuprune.evaluation  # noqa: F401 - registers tasks
+import rkuprune.recovery  # noqa: F401 - registers recovery methods
 import rkuprune.scoring  # noqa: F401 - registers scorers
 from rkuprune.allocation import PruningConfig
 from rkuprune.data.calibration import CalibrationConfig
 from rkuprune.data.sources import DataConfig
 from rkuprune.evaluation.base import BenchmarkConfig
 from rkuprune.models.loading import ModelConfig
+from rkuprune.recovery import RecoveryConfig
 from rkuprune.registry import import_submodules
 from rkuprune.scoring.base import ScorerConfig
 from rkuprune.tracking.trackers import LoggerConfig
@@ -37,6 +39,7 @@ class RunConfig:
     pruning: PruningConfig = MISSING
     benchmark: BenchmarkConfig = MISSING
     logger: LoggerConfig = MISSING
+    recovery: RecoveryConfig = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
     save_model: bool = False

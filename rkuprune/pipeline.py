@@ -1,6 +1,6 @@
 """The pruning pipeline, stage after stage as in DESIGN.md section 1:
 
-config -> load model -> build calibration -> score -> allocate -> apply (slice) -> evaluate -> record
+config -> load model -> build calibration -> score -> allocate -> apply (slice) -> (recover) -> evaluate -> record
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from rkuprune.allocation import allocate, check_feasible
 from rkuprune.allocation.schedule import Trajectory, run_iterative, trajectory_end
@@ -28,6 +29,7 @@ from rkuprune.models.params import count_params, sparsity, total_reduction, weig
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.structures import Structures
 from rkuprune.models.surgery import apply_plan
+from rkuprune.recovery import RECOVERY, Recovery
 from rkuprune.report.plan_picture import plot_plan
 from rkuprune.scoring.base import SCORERS, Scorer
 from rkuprune.tracking.atomic import write_json
@@ -46,6 +48,7 @@ class Stages:
     calibration: CalibrationSource | None
     tasks: dict[str, Task]
     tracker: Tracker
+    recovery: Recovery
 
 
 def prepare(cfg: RunConfig) -> Stages:
@@ -55,6 +58,7 @@ def prepare(cfg: RunConfig) -> Stages:
     scorer = SCORERS.build(cfg.scorer, "scorer")
     scorer.bind(cfg.pruning)
     scorer.check()
+    check_depth(cfg, scorer)
     calibration = None
     if scorer.needs_calibration:
         calibration = CALIBRATION_SOURCES.build(cfg.calibration, "calibration")
@@ -76,7 +80,23 @@ def prepare(cfg: RunConfig) -> Stages:
         speed.check(cfg.benchmark.speed)
     tracker = TRACKERS.build(cfg.logger, "logger")
     tracker.check()
-    return Stages(scorer, calibration, tasks, tracker)
+    recovery = RECOVERY.build(cfg.recovery, "recovery")
+    recovery.check(cfg.data)
+    return Stages(scorer, calibration, tasks, tracker, recovery)
+
+
+def check_depth(cfg: RunConfig, scorer: Scorer) -> None:
+    """Depth pruning needs layer scores, and a layer-only scorer (shortgpt) cannot rank heads or channels."""
+    if cfg.pruning.depth_share > 0 and not scorer.scores_layers:
+        raise ConfigError(
+            "pruning.granularity",
+            f"scorer '{cfg.scorer.name}' gives no layer scores for depth pruning; use scorer=shortgpt, rku or taylor",
+        )
+    if cfg.pruning.depth_share < 1 and not scorer.scores_units:
+        raise ConfigError(
+            "pruning.granularity",
+            f"scorer '{cfg.scorer.name}' scores whole layers only; set pruning.granularity=layer",
+        )
 
 
 def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +135,7 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
             prune(cfg, loaded, plan, record, stages.scorer)
         log.info("sliced: measured sparsity %.4f", plan.measured_sparsity)
         record_speed(cfg.benchmark.speed, loaded, dense_speed, record)
+        recover(cfg, loaded, stages, record)
         with record.timed("eval_s"):
             metrics = evaluate(stages.tasks, loaded, ctx)
         finish(cfg, loaded, plan, metrics, dense, record, stages.tracker, run_dir)
@@ -238,7 +259,7 @@ def select_units(
         assert source is not None
         return source.build(loaded.tokenizer, cfg.data, model=model, plan=plan)
 
-    path = trajectory_path(cfg)
+    path = trajectory_path(cfg, weights_fingerprint(loaded.model))
     cached = path is not None and path.is_file()
     if cached:  # the same trajectory for another target of a sweep: no re-scoring, the model stays dense
         trajectory = Trajectory.load(path)
@@ -278,8 +299,8 @@ def select_units(
     return trajectory.plan(step), loaded
 
 
-def trajectory_path(cfg: RunConfig) -> Path | None:
-    """Where the trajectory of this model, scorer, calibration and schedule is cached (None: caching off).
+def trajectory_path(cfg: RunConfig, weights: str) -> Path | None:
+    """Where the trajectory of these weights, scorer, calibration and schedule is cached (None: caching off).
 
     The target is not part of the key when the trajectory has a fixed end, so every target of a
     sweep reads the same file. The package's source and versions are part of it: a trajectory is
@@ -292,6 +313,7 @@ def trajectory_path(cfg: RunConfig) -> Path | None:
         schedule.pop(name)
     schedule["trajectory_end"] = trajectory_end(cfg.pruning)
     parts = {"pruning": schedule, "data": str(cfg.data.root), "seed": cfg.seed, "code": source_digest(), **versions()}
+    parts["weights"] = weights
     for group in ("model", "scorer", "calibration"):
         parts[group] = OmegaConf.to_container(OmegaConf.structured(getattr(cfg, group)))
     return cache_dir() / "trajectories" / f"{config_hash(parts)}.json"
@@ -332,9 +354,29 @@ def prune(cfg: RunConfig, loaded: LoadedModel, plan: PruningPlan, record: RunRec
             "measured_sparsity": plan.measured_sparsity,
             "total_param_reduction": total_reduction(before, after),
             "granularity": cfg.pruning.granularity,
+            "depth_share": cfg.pruning.depth_share,
+            "removed_layers": plan.removed_layers,
+            "overshoot": plan.measured_sparsity - cfg.pruning.sparsity,
             "allocation": cfg.pruning.allocation,
             "schedule": cfg.pruning.schedule,
         },
+    )
+
+
+def recover(cfg: RunConfig, loaded: LoadedModel, stages: Stages, record: RunRecord) -> None:
+    """Evaluate the pruned model, then fine-tune it (merged into plain weights) when a recovery is set."""
+    if not stages.recovery.active:
+        return
+    with record.timed("eval_before_recovery_s"):
+        before = evaluate(stages.tasks, loaded, EvalContext(run_dir=None, tracker=None, seed=cfg.seed))
+    record.data["metrics_before_recovery"] = before
+    with record.timed("recover_s"):
+        result = stages.recovery.recover(loaded.model, loaded.tokenizer, cfg.data)
+    loaded.model = result.model
+    record.data["recovery"] = {**result.info, "losses": result.losses}
+    record.write()
+    stages.tracker.log_series(
+        "recovery/step", [{"recovery/step": i + 1, "recovery/loss": loss} for i, loss in enumerate(result.losses)]
     )
 
 
@@ -416,5 +458,6 @@ def finish(
     summary = {f"pruning/{k}": v for k, v in record.data["pruning"].items() if isinstance(v, int | float)}
     summary.update(metrics)
     summary.update({f"dense/{k}": v for k, v in dense.items()})
+    summary.update({f"before_recovery/{k}": v for k, v in record.data.get("metrics_before_recovery", {}).items()})
     summary.update(speed.flat_numbers(record.data["efficiency"], "efficiency/"))
     tracker.log_summary(summary)

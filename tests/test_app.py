@@ -21,7 +21,7 @@ from tests.wandb_records import offline_summary
 
 register_configs()
 HUB_ONLY_BENCHMARKS = {"commonsense", "paper"}
-GROUPS = ("model", "scorer", "calibration", "pruning", "benchmark", "logger", "experiment")
+GROUPS = ("model", "scorer", "calibration", "pruning", "benchmark", "logger", "recovery", "experiment")
 
 
 def options(group: str) -> list[str]:

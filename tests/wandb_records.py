@@ -52,3 +52,17 @@ def offline_summary(wandb_dir: Path) -> dict[str, Any]:
             for item in record.summary.update:
                 summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return summary
+
+
+def offline_history(wandb_dir: Path) -> list[dict[str, Any]]:
+    """Every ``run.log`` row of the one offline run under ``wandb_dir``, in order."""
+    (run_file,) = list(Path(wandb_dir).glob("offline-run-*/run-*.wandb"))
+    rows = []
+    for chunk in _chunks(run_file.read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(chunk)
+        if record.WhichOneof("record_type") == "history":
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
+    return rows

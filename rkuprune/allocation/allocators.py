@@ -17,10 +17,16 @@ from every KV group (``q_head``, the lowest of each group) or round(n / group_si
 mean score first (``kv_group``). Every unit is charged its real parameter cost (each member head, plus
 the KV head for ``kv_group``), and the threshold rises until the budget is met. With scores of one
 distribution for heads and channels, attention and MLP lose the same share of their parameters.
+
+Depth pruning (``allocate_depth``): ``granularity=layer`` takes the whole budget from whole decoder
+layers, lowest layer score first, until the budget is met (overshoot below one layer; at least one
+layer always stays). With a width granularity, ``depth_fraction`` in (0, 1] takes that share of the
+budget from layers first, and the width allocator takes the rest from the remaining layers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -30,7 +36,7 @@ from rkuprune.models.structures import LayerStructure, Structures
 from rkuprune.registry import Registry
 from rkuprune.scoring.base import LayerScores, Scores
 
-GRANULARITIES = ("q_head", "kv_group", "none")
+GRANULARITIES = ("q_head", "kv_group", "none", "layer")
 PROTECTION_RULES = ("none", "gisp", "llm_pruner")
 SCHEDULES = ("oneshot", "iterative")
 
@@ -50,6 +56,7 @@ class PruningConfig:
     regenerate_at: list[float] = field(default_factory=list)  # calibration rebuilt by the pruned model here
     trajectory_end: float | None = None  # iterative: run to this sparsity (GISP: 0.7), read the target's plan from it
     trajectory_cache: bool = True  # iterative: reuse a trajectory cached for the same model, scorer, calibration
+    depth_fraction: float = 0.0  # share of the budget taken by whole layers first (granularity=layer: all)
 
     def check(self) -> None:
         if not 0.0 <= self.sparsity <= 0.95:
@@ -72,10 +79,27 @@ class PruningConfig:
                 f"{self.trajectory_end} is outside [pruning.sparsity={self.sparsity}, 0.95]; the trajectory must "
                 "reach the target: raise it, or set it to null to run to the target",
             )
+        if not 0.0 <= self.depth_fraction <= 1.0:
+            raise ConfigError("pruning.depth_fraction", f"{self.depth_fraction} is outside [0, 1]; use e.g. 0.5")
+        if self.granularity == "layer" and self.depth_fraction not in (0.0, 1.0):
+            raise ConfigError(
+                "pruning.depth_fraction",
+                "granularity=layer takes the whole budget from layers; "
+                "to mix, set a width granularity such as pruning.granularity=q_head",
+            )
+        if self.depth_share > 0 and self.schedule != "oneshot":
+            raise ConfigError(
+                "pruning.schedule", "depth pruning removes layers in one shot; use pruning.schedule=oneshot"
+            )
         for name in ("milestones", "regenerate_at"):
             bad = [m for m in getattr(self, name) if not 0.0 < m < 1.0]
             if bad:
                 raise ConfigError(f"pruning.{name}", f"{bad[0]} is outside (0, 1); use fractions such as 0.1, 0.2")
+
+    @property
+    def depth_share(self) -> float:
+        """The share of the parameter budget taken by removing whole layers."""
+        return 1.0 if self.granularity == "layer" else self.depth_fraction
 
 
 def protected_layers(cfg: PruningConfig, num_layers: int) -> set[int]:
@@ -170,6 +194,9 @@ def _impossible(cfg: PruningConfig, reachable: float) -> ConfigError:
 
 def check_feasible(cfg: PruningConfig, structures: Structures) -> None:
     """Refuse a target that protected layers and per-layer minimums make impossible (before any scoring)."""
+    if cfg.depth_share > 0:  # the width remainder, which depends on the layers removed, is checked when allocating
+        _removable_layers(cfg, structures, math.ceil(cfg.depth_share * cfg.sparsity * structures.prunable_params))
+        return
     protected = protected_layers(cfg, len(structures))
     removable = 0
     for s in structures.layers:
@@ -267,5 +294,55 @@ class UniformAllocator(Allocator):
 
 
 def allocate(cfg: PruningConfig, scores: Scores, structures: Structures, base_model: str = "") -> PruningPlan:
+    if cfg.depth_share > 0:
+        return allocate_depth(cfg, scores, structures, base_model)
     allocator = ALLOCATORS.get(cfg.allocation, "pruning.allocation").cls(cfg)
     return allocator.allocate(scores, structures, base_model)
+
+
+def _depth_impossible(cfg: PruningConfig, structures: Structures, reachable: int) -> ConfigError:
+    return ConfigError(
+        "pruning.sparsity",
+        f"{cfg.sparsity} cannot be met by removing layers (depth share {cfg.depth_share:g}): at most "
+        f"{reachable / structures.prunable_params:.3f} is reachable while one layer and the protected layers "
+        f"{sorted(protected_layers(cfg, len(structures)))} stay; lower pruning.sparsity or pruning.depth_fraction",
+    )
+
+
+def _removable_layers(cfg: PruningConfig, structures: Structures, budget: int) -> list[int]:
+    """Unprotected layers; refuses a budget they cannot meet while at least one layer stays."""
+    candidates = [s.index for s in structures.layers if s.index not in protected_layers(cfg, len(structures))]
+    costs = [structures[i].dense_params for i in candidates]
+    reachable = sum(costs) - (min(costs) if len(candidates) == len(structures) else 0)
+    if reachable < budget:
+        raise _depth_impossible(cfg, structures, reachable)
+    return candidates
+
+
+def allocate_depth(cfg: PruningConfig, scores: Scores, structures: Structures, base_model: str = "") -> PruningPlan:
+    """Remove the lowest-scoring layers until the depth share of the budget is met (never the last
+    layer standing), then, with a width granularity, let the width allocator take the rest of the
+    target from the layers that remain."""
+    depth_budget = math.ceil(cfg.depth_share * cfg.sparsity * structures.prunable_params)
+    layer_scores = scores.layer_scores()
+    removed, freed = [], 0
+    for index in sorted(_removable_layers(cfg, structures, depth_budget), key=lambda i: layer_scores[i]):
+        if freed >= depth_budget or len(removed) == len(structures) - 1:
+            break
+        removed.append(index)
+        freed += structures[index].dense_params
+    if freed < depth_budget:
+        raise _depth_impossible(cfg, structures, freed)
+    if cfg.depth_share < 1:
+        width_cfg = dataclasses.replace(
+            cfg,
+            sparsity=max(0.0, cfg.sparsity - freed / structures.prunable_params),
+            depth_fraction=0.0,
+            protected_layers=sorted(set(cfg.protected_layers) | set(removed)),
+        )
+        plan = allocate(width_cfg, scores, structures, base_model)
+    else:
+        plan = PruningPlan.dense(structures, base_model=base_model)
+    plan.layers = [lp for lp in plan.layers if lp.index not in removed]
+    plan.removed_layers = sorted(removed)
+    return plan

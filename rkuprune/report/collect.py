@@ -92,6 +92,7 @@ def collect(folder: Path) -> Collection:
                 metrics={
                     **{k: float(v) for k, v in results.get("metrics", {}).items()},
                     **report_columns(results.get("efficiency", {})),  # speedups, shown next to sparsity
+                    **{f"before_recovery/{k}": float(v) for k, v in results.get("metrics_before_recovery", {}).items()},
                 },
                 dense={k: float(v) for k, v in results.get("dense_metrics", {}).items()},
                 config=results["config"],

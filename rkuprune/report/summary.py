@@ -28,6 +28,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     dense, metrics = results.get("dense_metrics", {}), results.get("metrics", {})
     for key in sorted(set(dense) | set(metrics)):
         rows.append((key, dense.get(key), metrics.get(key)))
+    before = results.get("metrics_before_recovery", {})
+    rows += [(f"{key} (before recovery)", dense.get(key), value) for key, value in sorted(before.items())]
     return rows
 
 

@@ -27,10 +27,15 @@ class ScorerConfig:
 
 @dataclass
 class LayerScores:
-    """Per query head and per MLP channel importance of one layer (fp32, higher = keep)."""
+    """Per query head and per MLP channel importance of one layer (fp32, higher = keep).
+
+    ``layer`` is the importance of the whole layer, for depth pruning; only scorers with a natural
+    layer score (``Scorer.scores_layers``) set it.
+    """
 
     heads: torch.Tensor
     channels: torch.Tensor
+    layer: float | None = None
 
 
 @dataclass
@@ -47,7 +52,8 @@ class Scores:
             shapes = (tuple(layer.heads.shape), tuple(layer.channels.shape))
             if shapes != ((structure.num_q_heads,), (structure.intermediate_size,)):
                 raise ConfigError("scorer", f"{scorer} gave shapes {shapes} for layer {index}")
-            for kind, values in (("head", layer.heads), ("channel", layer.channels)):
+            layer_value = torch.tensor([] if layer.layer is None else [layer.layer])
+            for kind, values in (("head", layer.heads), ("channel", layer.channels), ("layer", layer_value)):
                 if not torch.isfinite(values).all():
                     raise ConfigError(
                         "scorer",
@@ -55,11 +61,23 @@ class Scores:
                         "score in float32 (model.dtype=float32) or lower calibration.batch_size",
                     )
 
+    def layer_scores(self) -> list[float]:
+        """One importance per layer (depth pruning); refuses scores that carry none."""
+        if any(layer.layer is None for layer in self.layers):
+            raise ConfigError(
+                "pruning.granularity", "the scorer gives no layer scores; use scorer=shortgpt, rku or taylor"
+            )
+        return [float(layer.layer) for layer in self.layers]  # type: ignore[arg-type]
+
 
 class Scorer:
-    """Base class. ``needs_calibration`` tells the pipeline whether to build a calibration set."""
+    """Base class. ``needs_calibration`` tells the pipeline whether to build a calibration set;
+    ``scores_layers`` whether its ``Scores`` carry a layer score (depth pruning), ``scores_units``
+    whether they rank heads and channels (width pruning)."""
 
     needs_calibration: ClassVar[bool] = False
+    scores_layers: ClassVar[bool] = False
+    scores_units: ClassVar[bool] = True
 
     def __init__(self, cfg: ScorerConfig) -> None:
         self.cfg = cfg

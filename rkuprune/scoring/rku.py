@@ -20,6 +20,10 @@ its activations are the attention sink's outliers).
 Every weight stays frozen while scoring: gradients are taken with respect to activations only, so no
 weight gradient is ever allocated (what makes RKU affordable for an 8B model on one GPU). The global
 selection under the parameter budget is ``pruning.allocation=global``.
+
+Layer score (depth pruning, ``pruning.granularity=layer``): the sum of the un-normalised utilities of
+the layer's heads and channels, i.e. Σ over the layer's units of mean |a · ∂Φ/∂a|. Normalisation is not
+applied: ``block_relative`` would make every block sum to its unit count and erase the comparison.
 """
 
 from __future__ import annotations
@@ -99,6 +103,7 @@ def normalise(
 class RKUScorer(Scorer):
     cfg: RKUConfig
     needs_calibration = True
+    scores_layers = True
 
     def check(self) -> None:
         if self.cfg.objective not in OBJECTIVES:
@@ -119,4 +124,7 @@ class RKUScorer(Scorer):
             )
             for site in sites(model)
         }
-        return to_scores(per_unit)
+        scores = to_scores(per_unit)
+        for index, layer in enumerate(scores.layers):  # the sum of its blocks' un-normalised utilities
+            layer.layer = sum(float(reducer.mean_utility((index, block)).sum()) for block in ("attention", "mlp"))
+        return scores

@@ -22,6 +22,9 @@ Only the seven prunable projections of each layer get gradients (everything else
 decide how much each layer loses (heads and channels inside a layer keep their ratio). LLM-Pruner's
 own setting (KV groups, the same share per layer, first 4 and last 2 layers kept) is the preset
 ``scorer=taylor_llmpruner``.
+
+Layer score (depth pruning): Σ |W ⊙ ḡ| over all seven projections of the layer (the sum of its head
+and channel scores before any ``scope`` division), the layer-level analogue of LLM-Pruner's group score.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class TaylorConfig(ScorerConfig):
 class TaylorScorer(Scorer):
     cfg: TaylorConfig
     needs_calibration = True
+    scores_layers = True
 
     def check(self) -> None:
         if self.cfg.scope not in SCOPES:
@@ -86,6 +90,8 @@ class TaylorScorer(Scorer):
             heads += kv.repeat_interleave(s.group_size) / s.group_size
             channels = gate.sum(dim=1) + up.sum(dim=1) + down.sum(dim=0)
             scores.append(LayerScores(heads=heads.cpu(), channels=channels.cpu()))
+        for layer in scores:
+            layer.layer = float(layer.heads.sum() + layer.channels.sum())
         if self.cfg.scope == "layer":
             for layer in scores:
                 total = (layer.heads.sum() + layer.channels.sum()).clamp_min(torch.finfo(torch.float32).tiny)

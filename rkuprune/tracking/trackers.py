@@ -45,6 +45,9 @@ class Tracker:
     def log_table(self, key: str, rows: list[dict[str, Any]]) -> None:
         pass
 
+    def log_series(self, step_key: str, rows: list[dict[str, float]]) -> None:
+        """Log a curve (e.g. a training loss), one row per point, against its own x-axis ``step_key``."""
+
     def finish(self, failed: bool = False) -> None:
         pass
 
@@ -108,6 +111,19 @@ class WandbTracker(Tracker):
             self.run.log({key: wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])})
         except Exception as exc:  # noqa: BLE001
             _warn("table", exc)
+
+    def log_series(self, step_key: str, rows: list[dict[str, float]]) -> None:
+        if self.run is None or not rows:
+            return
+        try:
+            self.run.define_metric(step_key)
+            for key in rows[0]:
+                if key != step_key:
+                    self.run.define_metric(key, step_metric=step_key)
+            for row in rows:
+                self.run.log(row)
+        except Exception as exc:  # noqa: BLE001
+            _warn("series", exc)
 
     def finish(self, failed: bool = False) -> None:
         if self.run is None:
