@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from rkuprune.errors import ConfigError
-from rkuprune.evaluation.generation import CACHE_KEY
+from rkuprune.generation import CACHE_KEY
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.plan import PruningPlan
 
