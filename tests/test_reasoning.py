@@ -181,9 +181,11 @@ def test_too_many_shots_is_an_error(tmp_path) -> None:
 
 
 def test_plain_and_chat_prompts(tmp_path) -> None:
-    tasks = tasks_for(
-        write_root(tmp_path), plain={"task": "aqua", "shots": 1}, chat={"task": "aqua", "shots": 1, "chat": True}
-    )
+    root = write_root(tmp_path)  # one suite each: two tasks writing acc/aqua cannot share a suite
+    tasks = {
+        **tasks_for(root, plain={"task": "aqua", "shots": 1}),
+        **tasks_for(root, chat={"task": "aqua", "shots": 1, "chat": True}),
+    }
     tok = tiny("tiny-llama").tokenizer
     q = tasks["plain"].questions[0]
     plain = tasks["plain"].prompt(q, tok)
@@ -210,12 +212,10 @@ def test_the_answer_style_sets_the_exemplar_ending_and_the_strict_rule(tmp_path,
     """Exemplars end the way lm-eval's strict rule for the style reads: "The answer is N." (gsm8k_cot),
     "#### N" (gsm8k), "The answer is (X)." for options."""
     data = write_root(tmp_path)
-    tasks = tasks_for(
-        data,
-        cot={"task": "gsm8k", "shots": 1},
-        hashes={"task": "gsm8k", "shots": 1, "answer_style": "hashes"},
-        aqua={"task": "aqua", "shots": 1},
-    )
+    tasks = {  # one suite each: two tasks writing acc/gsm8k cannot share a suite
+        **tasks_for(data, cot={"task": "gsm8k", "shots": 1}, aqua={"task": "aqua", "shots": 1}),
+        **tasks_for(data, hashes={"task": "gsm8k", "shots": 1, "answer_style": "hashes"}),
+    }
     prompt = {key: task.prompt(task.questions[0], None) for key, task in tasks.items()}
     gold = tasks["cot"].exemplars[0].gold
     assert f"\nThe answer is {gold}.\n\nQuestion:" in prompt["cot"] and "####" not in prompt["cot"]
@@ -418,7 +418,8 @@ def test_the_reasoning_suite_runs_from_the_cli_and_records_everything(tmp_path, 
 
 
 def test_a_prompt_longer_than_the_context_is_an_error(tmp_path) -> None:
-    loaded = tiny("tiny-llama")  # 1024 positions; byte tokens make a 5-shot prompt far longer
+    loaded = tiny("tiny-llama")
+    loaded.model.config.max_position_embeddings = 512  # byte tokens make a 7-shot prompt far longer
     task = tasks_for(write_root(tmp_path), t={"task": "gsm8k", "shots": 7, "max_new_tokens": 256})["t"]
     with pytest.raises(
         ConfigError, match=r"benchmark\.tasks\.t\.shots: the longest prompt \(\d+ tokens\) plus max_new_tokens=256"

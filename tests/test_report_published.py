@@ -37,7 +37,7 @@ def test_judge_scored_paper_values_are_footnoted() -> None:
 
 def test_tables_without_judged_numbers_have_no_footnote() -> None:
     table = build_table(Collection(runs=[run("llama3-8b", "gisp", {"ppl/wikitext2@128": 50.0})]))
-    assert table.notes == [] and to_markdown(table).endswith("published value.\n")
+    assert table.notes == [] and to_markdown(table).endswith("(speedup/ideal: dense/pruned weight bytes).\n")
 
 
 def test_the_judge_is_off_by_default_and_refused_when_on() -> None:

@@ -247,7 +247,7 @@ def test_flap_biases_survive_save_and_load_and_plain_loading_fails_loudly(tmp_pa
     scorer = FLAPScorer(FLAPConfig())
     scores = scorer.score(model, synthetic(loaded.tokenizer))
     cfg = PruningConfig(sparsity=0.3, granularity="none", allocation="uniform")
-    plan = allocate(cfg, scores, adapter_for(model).structures())
+    plan = allocate(cfg, scores, adapter_for(model).structures(), base_model="tiny-llama")
     assert plan.is_uniform()
     unguarded = copy.deepcopy(model)
     for target in (model, unguarded):

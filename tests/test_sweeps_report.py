@@ -33,6 +33,7 @@ def sweep_args(sweep_dir: Path, model: str = "tiny-llama") -> list[str]:
         "pruning.sparsity=0.2,0.4",
         "logger=none",
         "benchmark=none",
+        "benchmark.speed.enabled=false",
         "+benchmark.tasks.ppl={task:perplexity,dataset:pydoc,seqlen:64,max_windows:2}",
         f"hydra.sweep.dir={sweep_dir}",
     ]
