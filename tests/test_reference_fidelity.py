@@ -286,3 +286,27 @@ def test_magnitude_matches_the_l2_norm_of_each_unit() -> None:
     structures = structures_of(model)
     plan = allocate(PruningConfig(sparsity=0.3, granularity="kv_group"), got, structures)
     assert removed(plan, structures) == ascending_sweep(heads, channels, structures, 0.3)
+
+
+# --- the shipped presets select the faithful settings --------------------------------------------------------
+
+
+def test_shipped_scorer_presets_are_the_references_settings() -> None:
+    from tests.test_app import compose_run
+
+    wanda = compose_run(["scorer=wanda_sp"])
+    assert (wanda.scorer.flow, wanda.scorer.skip_first_token, wanda.pruning.allocation) == (
+        "sequential",
+        False,
+        "uniform",
+    )
+    flap = compose_run(["scorer=flap"])
+    assert (flap.scorer.square_attention, flap.scorer.skip_first_token) == (True, False)
+    assert compose_run(["scorer=rku"]).scorer.skip_first_token is True
+    llm_pruner = compose_run(["scorer=taylor_llmpruner"])
+    assert llm_pruner.scorer.name == "taylor"
+    assert (llm_pruner.pruning.granularity, llm_pruner.pruning.allocation, llm_pruner.pruning.protection_rule) == (
+        "kv_group",
+        "uniform",
+        "llm_pruner",
+    )

@@ -327,6 +327,18 @@ def test_unknown_choices_are_errors_naming_the_field(name: str, field: str, valu
     assert error.value.field == f"scorer.{field}"
 
 
+@pytest.mark.parametrize(("allocation", "schedule"), [("global", "oneshot"), ("uniform", "iterative")])
+def test_sequential_wanda_sp_refuses_a_plan_it_cannot_prune_layer_by_layer(allocation: str, schedule: str) -> None:
+    scorer = SCORERS.build(SCORERS.get("wanda_sp").config())
+    scorer.bind(PruningConfig(allocation=allocation, schedule=schedule))
+    with pytest.raises(ConfigError, match="scorer.flow: 'sequential' prunes each layer") as error:
+        scorer.check()
+    assert error.value.field == "scorer.flow"
+    dense = SCORERS.build(SCORERS.get("wanda_sp").config(flow="dense"))
+    dense.bind(PruningConfig(allocation=allocation, schedule=schedule))
+    dense.check()
+
+
 class Overflow(nn.Module):
     """An activation that overflows, as fp16 can."""
 

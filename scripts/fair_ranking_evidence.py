@@ -1,0 +1,104 @@
+"""Before/after of the global q_head ranking on SmolLM2 (docs/scorers.md, "Attention ranked fairly").
+
+Scores each scorer once per version on the default calibration, allocates 30% and 40% with the old
+rule (a q_head unit scored by the sum of its heads; the allocator of ``--before``, a checkout of main
+before the change) and with the current one, and measures WikiText-2 perplexity (``benchmark=ppl_small``'s
+8 windows of 512 tokens) of each sliced plan. Writes a markdown table and the plan pictures to --out.
+
+    OMP_NUM_THREADS=2 flock /tmp/rkuprune-heavy.lock python scripts/fair_ranking_evidence.py \
+        --before /tmp/scorers_before --out docs/scorers_evidence/fair_ranking
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from rkuprune.allocation import allocate
+from rkuprune.config import RunConfig, register_configs
+from rkuprune.evaluation.base import EvalContext, build_tasks
+from rkuprune.models.adapters import adapter_for
+from rkuprune.models.loading import load_model
+from rkuprune.models.surgery import apply_plan
+from rkuprune.pipeline import prepare
+from rkuprune.report.plan_picture import plot_plan
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# (label, scorer, overrides that reproduce the scorer as it was before the change)
+SCORERS = {
+    "rku": ("rku", []),
+    "flap": ("flap", ["scorer.square_attention=false", "scorer.skip_first_token=true"]),
+}
+
+
+def compose_run(overrides: list[str]) -> RunConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return OmegaConf.to_object(compose(config_name="config", overrides=overrides))
+
+
+def old_allocators(before: Path):
+    spec = importlib.util.spec_from_file_location("old_allocators", before / "rkuprune/allocation/allocators.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--before", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data-root", default="/work/shared/data")
+    parser.add_argument("--model", default="smollm2-135m")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    old = old_allocators(args.before)
+    rows = ["| scorer | version | target | measured | query heads removed | MLP channels removed | ppl/wikitext2@512 |"]
+    rows.append("|---|---|---:|---:|---:|---:|---:|")
+    base = [f"model={args.model}", "benchmark=ppl_small", f"data.root={args.data_root}", "logger=none"]
+    for label, (name, before_overrides) in SCORERS.items():
+        for version, extra in (("before", before_overrides), ("after", [])):
+            cfg = compose_run([*base, f"scorer={name}", *extra])
+            stages = prepare(cfg)
+            loaded = load_model(cfg.model)
+            structures = adapter_for(loaded.model).structures()
+            calibration = stages.calibration.build(loaded.tokenizer, cfg.data, model=loaded.model)
+            scores = stages.scorer.score(loaded.model, calibration)
+            wiki = {k: t for k, t in build_tasks(cfg.benchmark, cfg.data).items() if k == "ppl_wikitext2"}
+            for target in (0.3, 0.4):
+                if version == "before":
+                    plan = old.allocate(old.PruningConfig(sparsity=target), scores, structures, args.model)
+                else:
+                    plan = allocate(type(cfg.pruning)(sparsity=target), scores, structures, args.model)
+                model = apply_plan(copy.deepcopy(loaded.model), plan, "slice")
+                (ppl,) = wiki["ppl_wikitext2"].evaluate(model, loaded.tokenizer, EvalContext()).values()
+                heads = sum(
+                    s.num_q_heads - len(lp.q_heads) for s, lp in zip(structures.layers, plan.layers, strict=True)
+                )
+                channels = sum(
+                    s.intermediate_size - len(lp.mlp_channels)
+                    for s, lp in zip(structures.layers, plan.layers, strict=True)
+                )
+                total_heads = sum(s.num_q_heads for s in structures.layers)
+                total_channels = sum(s.intermediate_size for s in structures.layers)
+                rows.append(
+                    f"| {label} | {version} | {target:g} | {plan.sparsity(structures):.3f} | "
+                    f"{heads}/{total_heads} | {channels}/{total_channels} | {ppl:.2f} |"
+                )
+                logging.info(rows[-1])
+                plan.measured_sparsity = plan.sparsity(structures)
+                plot_plan(plan, args.out / f"{label}_{version}_{target:g}.png", title=f"{args.model} {label} {version}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text("\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
