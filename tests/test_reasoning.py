@@ -181,10 +181,10 @@ def test_too_many_shots_is_an_error(tmp_path) -> None:
 
 
 def test_plain_and_chat_prompts(tmp_path) -> None:
-    root = write_root(tmp_path)  # one suite each: two tasks writing acc/aqua cannot share a suite
+    data = write_root(tmp_path)  # two suites: in one, both tasks would write acc/aqua (refused)
     tasks = {
-        **tasks_for(root, plain={"task": "aqua", "shots": 1}),
-        **tasks_for(root, chat={"task": "aqua", "shots": 1, "chat": True}),
+        **tasks_for(data, plain={"task": "aqua", "shots": 1}),
+        **tasks_for(data, chat={"task": "aqua", "shots": 1, "chat": True}),
     }
     tok = tiny("tiny-llama").tokenizer
     q = tasks["plain"].questions[0]
@@ -418,10 +418,9 @@ def test_the_reasoning_suite_runs_from_the_cli_and_records_everything(tmp_path, 
 
 
 def test_a_prompt_longer_than_the_context_is_an_error(tmp_path) -> None:
-    loaded = tiny("tiny-llama")
-    loaded.model.config.max_position_embeddings = 512  # byte tokens make a 7-shot prompt far longer
-    task = tasks_for(write_root(tmp_path), t={"task": "gsm8k", "shots": 7, "max_new_tokens": 256})["t"]
+    loaded = tiny("tiny-llama")  # 1024 positions; 7 byte-token shots plus 1000 new tokens cannot fit
+    task = tasks_for(write_root(tmp_path), t={"task": "gsm8k", "shots": 7, "max_new_tokens": 1000})["t"]
     with pytest.raises(
-        ConfigError, match=r"benchmark\.tasks\.t\.shots: the longest prompt \(\d+ tokens\) plus max_new_tokens=256"
+        ConfigError, match=r"benchmark\.tasks\.t\.shots: the longest prompt \(\d+ tokens\) plus max_new_tokens=1000"
     ):
         task.evaluate(loaded.model, loaded.tokenizer, EvalContext())

@@ -44,7 +44,19 @@ def strict_json(path: Path) -> dict:
 # -- section 1: results lost or stale ---------------------------------------------------------------
 
 
-def test_default_run_folders_of_runs_started_together_differ() -> None:
+def test_default_run_folders_of_runs_started_together_differ(monkeypatch) -> None:
+    import datetime
+
+    import hydra.core.utils
+
+    instant = datetime.datetime(2026, 1, 1, 12, 0, 0, 123456)
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz: object = None) -> datetime.datetime:
+            return instant
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Frozen)  # both runs start in the same microsecond
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         dirs = [compose(config_name="config", return_hydra_config=True).hydra.run.dir for _ in range(2)]
     assert dirs[0] != dirs[1]

@@ -58,7 +58,9 @@ def _check_indices(indices: list[int], size: int | None, what: str) -> None:
         raise PlanError(f"{what} must be integers, got {wrong[0]!r}")
     if indices != sorted(set(indices)):
         raise PlanError(f"{what} must be sorted and unique, got {indices}")
-    bad = [i for i in indices if i < 0 or (size is not None and i >= size)]
+    if indices and indices[0] < 0:
+        raise PlanError(f"{what} index {indices[0]} is negative")
+    bad = [i for i in indices if size is not None and i >= size]
     if bad:
         raise PlanError(f"{what} index {bad[0]} is out of range (the layer has {size})")
 
