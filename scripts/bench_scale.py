@@ -38,7 +38,10 @@ from bench_scorers import reference_step, rss_kib  # noqa: E402
 
 SHAPES = ("qwen2.5-7b-shape", "llama3-8b-shape", "qwen3-8b-shape")
 SCORERS = ("rku", "gisp", "taylor", "wanda_sp", "flap", "magnitude")
-GRADIENT_ACCUMULATORS = {"gisp": 5, "taylor": 7}  # fp32 copies of this many projections per layer
+# Full-size gradient memory: (projections per layer, bytes per weight). gisp keeps an fp32 mean gradient of
+# q, o, gate, up, down and receives each micro-batch's gradient of them in the model dtype (bf16: 4 + 2);
+# taylor reduces every micro-batch at once but receives the bf16 gradient of all seven projections.
+GRADIENT_BUFFERS = {"gisp": (5, 6), "taylor": (7, 2)}
 DEPTHS = (1, 2)
 log = logging.getLogger("bench_scale")
 
@@ -150,7 +153,7 @@ def extrapolate(shape: dict[str, Any], depth: int) -> dict[str, Any]:
             "x_fwd_bwd": seconds / ref_s,
             "peak_gib": peak / 2**30,
             "peak_x_weights": peak / weights,
-            "grad_accumulators_gib": GRADIENT_ACCUMULATORS.get(name, 0) and accumulator_bytes(shape, name) / 2**30,
+            "grad_buffers_gib": gradient_bytes(shape["arch"], name, depth) / 2**30,
         }
     speedup = {}
     if "error" not in one["speed"] and "error" not in two["speed"]:
@@ -167,15 +170,17 @@ def extrapolate(shape: dict[str, Any], depth: int) -> dict[str, Any]:
     return {"depth": depth, "weight_gib": weights / 2**30, "reference_s": ref_s, "scorers": rows, "speedup": speedup}
 
 
-def accumulator_bytes(shape: dict[str, Any], name: str) -> int:
-    """fp32 gradient accumulators of the scored projections over the full depth (what gisp/taylor keep)."""
-    a = shape["arch"]
-    head_dim = a.get("head_dim") or a["hidden_size"] // a["num_attention_heads"]
-    q = a["num_attention_heads"] * head_dim * a["hidden_size"]
-    kv = a["num_key_value_heads"] * head_dim * a["hidden_size"]
-    mlp = a["intermediate_size"] * a["hidden_size"]
-    per_layer = 2 * q + 3 * mlp + (2 * kv if GRADIENT_ACCUMULATORS[name] == 7 else 0)
-    return 4 * per_layer * a["num_hidden_layers"]
+def gradient_bytes(arch: dict[str, Any], name: str, depth: int) -> int:
+    """Full-size gradient buffers of a gradient scorer over ``depth`` layers (0 for the others)."""
+    if name not in GRADIENT_BUFFERS:
+        return 0
+    projections, per_weight = GRADIENT_BUFFERS[name]
+    head_dim = arch.get("head_dim") or arch["hidden_size"] // arch["num_attention_heads"]
+    q = arch["num_attention_heads"] * head_dim * arch["hidden_size"]
+    kv = arch["num_key_value_heads"] * head_dim * arch["hidden_size"]
+    mlp = arch["intermediate_size"] * arch["hidden_size"]
+    per_layer = 2 * q + 3 * mlp + (2 * kv if projections == 7 else 0)
+    return per_weight * per_layer * depth
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -183,18 +188,18 @@ def markdown(results: dict[str, Any]) -> str:
         f"device {results['device']}, {results['threads']} threads, calibration {results['calibration']}",
         "",
         "| shape | layers | scorer | × fwd+bwd (2 layers) | × fwd+bwd (full) | peak / weights (2 layers) "
-        "| predicted peak GiB (full) | fp32 grad accumulators GiB (full) |",
+        "| predicted peak GiB (full) | of which full-size gradient buffers GiB |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for shape_name, shape in results["shapes"].items():
         full, two = shape["full"], shape["depths"]["2"]
         for name, row in full["scorers"].items():
             measured = two[name]
-            accumulators = f"{row['grad_accumulators_gib']:.1f}" if row["grad_accumulators_gib"] else "—"
+            buffers = f"{row['grad_buffers_gib']:.1f}" if row["grad_buffers_gib"] else "—"
             lines.append(
                 f"| {shape_name} | {full['depth']} | {name} | {measured['seconds'] / two['reference']['seconds']:.2f} "
                 f"| {row['x_fwd_bwd']:.2f} | {measured['peak_bytes'] / measured['weight_bytes']:.2f} "
-                f"| {row['peak_gib']:.1f} | {accumulators} |"
+                f"| {row['peak_gib']:.1f} | {buffers} |"
             )
     lines += ["", "| shape | speed figure | 2 layers measured | full depth extrapolated |", "|---|---|---:|---:|"]
     for shape_name, shape in results["shapes"].items():
