@@ -120,7 +120,7 @@ def test_report_over_several_models_makes_rows_and_plots_per_model(sweep: Path, 
     multirun(sweep_args(both / "qwen2", model="tiny-qwen2"), monkeypatch, capsys)
     assert report_main([str(both)]) == 0
     assert "note: 2 models (tiny-llama, tiny-qwen2)" in capsys.readouterr().out
-    assert sorted(p.name for p in (both / "report").glob("*.png")) == [
+    assert sorted(p.name for p in (both / "report").glob("*ppl_pydoc*.png")) == [
         "tiny-llama__ppl_pydoc_64.png",
         "tiny-qwen2__ppl_pydoc_64.png",
     ]
