@@ -187,30 +187,45 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"device {results['device']}, {results['threads']} threads, calibration {results['calibration']}",
         "",
-        "| shape | layers | scorer | × fwd+bwd (2 layers) | × fwd+bwd (full) | peak / weights (2 layers) "
-        "| predicted peak GiB (full) | of which full-size gradient buffers GiB |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| shape | scorer | s (× fwd+bwd), 1 layer | s (× fwd+bwd), 2 layers | × fwd+bwd, full depth (fit) "
+        "| peak GiB (/ weights), 1 layer | peak GiB (/ weights), 2 layers | predicted peak GiB, full depth "
+        "| of which full-size gradient buffers GiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for shape_name, shape in results["shapes"].items():
-        full, two = shape["full"], shape["depths"]["2"]
-        for name, row in full["scorers"].items():
-            measured = two[name]
-            buffers = f"{row['grad_buffers_gib']:.1f}" if row["grad_buffers_gib"] else "—"
+        full = shape.get("full", {})
+        for name in ["reference", *SCORERS]:
+            cells = []
+            for depth in ("1", "2"):
+                measured, ref = shape["depths"][depth].get(name, {}), shape["depths"][depth]["reference"]
+                if "seconds" not in measured or "seconds" not in ref:
+                    cells.append("failed")
+                    continue
+                cells.append(f"{measured['seconds']:.1f} ({measured['seconds'] / ref['seconds']:.2f})")
+            for depth in ("1", "2"):
+                measured = shape["depths"][depth].get(name, {})
+                cells.append(
+                    f"{measured['peak_bytes'] / 2**30:.2f} ({measured['peak_bytes'] / measured['weight_bytes']:.2f})"
+                    if "peak_bytes" in measured
+                    else "failed"
+                )
+            row = full.get("scorers", {}).get(name)
+            fitted = f"{row['x_fwd_bwd']:.2f}" if row else "1.00" if name == "reference" else ""
+            predicted = f"{row['peak_gib']:.1f}" if row else ""
+            buffers = f"{row['grad_buffers_gib']:.1f}" if row and row["grad_buffers_gib"] else "—"
             lines.append(
-                f"| {shape_name} | {full['depth']} | {name} | {measured['seconds'] / two['reference']['seconds']:.2f} "
-                f"| {row['x_fwd_bwd']:.2f} | {measured['peak_bytes'] / measured['weight_bytes']:.2f} "
-                f"| {row['peak_gib']:.1f} | {buffers} |"
+                f"| {shape_name} | {name} | {cells[0]} | {cells[1]} | {fitted} | {cells[2]} | {cells[3]} "
+                f"| {predicted} | {buffers} |"
             )
-    lines += ["", "| shape | speed figure | 2 layers measured | full depth extrapolated |", "|---|---|---:|---:|"]
+    lines += ["", "| shape | layers | figure | dense | pruned | pruned / dense |", "|---|---:|---|---:|---:|---:|"]
     for shape_name, shape in results["shapes"].items():
-        speed_two = shape["depths"]["2"]["speed"]
-        for key, value in shape["full"]["speedup"].items():
-            measured = (
-                speed_two["dense"]["weight_bytes"] / speed_two["pruned"]["weight_bytes"]
-                if key == "ideal"
-                else speed_two["pruned"][key] / speed_two["dense"][key]
-            )
-            lines.append(f"| {shape_name} | {key} speedup | {measured:.2f} | {value:.2f} |")
+        for depth, measured in shape["depths"].items():
+            figures = measured.get("speed", {})
+            for key in figures.get("dense", {}):
+                if key.endswith("kind"):
+                    continue
+                dense, pruned = figures["dense"][key], figures["pruned"][key]
+                lines.append(f"| {shape_name} | {depth} | {key} | {dense:.4g} | {pruned:.4g} | {pruned / dense:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -221,10 +236,18 @@ def main() -> None:
     parser.add_argument("--scorers", default=",".join(SCORERS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=REPO / "bench_scale_out")
+    parser.add_argument("--report", type=Path, help="only rewrite the markdown from an earlier bench_scale.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.overrides)))
+        return
+    if args.report:
+        results = json.loads(args.report.read_text())
+        for shape in results["shapes"].values():
+            if len(shape["depths"]) == len(DEPTHS):
+                shape["full"] = extrapolate(shape, shape["arch"]["num_hidden_layers"])
+        args.report.with_suffix(".md").write_text(markdown(results))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     calibration = ["calibration=synthetic", "calibration.num_tokens=256", "calibration.seqlen=64"]
