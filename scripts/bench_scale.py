@@ -38,7 +38,10 @@ from bench_scorers import reference_step, rss_kib  # noqa: E402
 
 SHAPES = ("qwen2.5-7b-shape", "llama3-8b-shape", "qwen3-8b-shape")
 SCORERS = ("rku", "gisp", "taylor", "wanda_sp", "flap", "magnitude")
-GRADIENT_ACCUMULATORS = {"gisp": 5, "taylor": 7}  # fp32 copies of this many projections per layer
+# Full-size gradient memory: (projections per layer, bytes per weight). gisp keeps an fp32 mean gradient of
+# q, o, gate, up, down and receives each micro-batch's gradient of them in the model dtype (bf16: 4 + 2);
+# taylor reduces every micro-batch at once but receives the bf16 gradient of all seven projections.
+GRADIENT_BUFFERS = {"gisp": (5, 6), "taylor": (7, 2)}
 DEPTHS = (1, 2)
 log = logging.getLogger("bench_scale")
 
@@ -150,7 +153,7 @@ def extrapolate(shape: dict[str, Any], depth: int) -> dict[str, Any]:
             "x_fwd_bwd": seconds / ref_s,
             "peak_gib": peak / 2**30,
             "peak_x_weights": peak / weights,
-            "grad_accumulators_gib": GRADIENT_ACCUMULATORS.get(name, 0) and accumulator_bytes(shape, name) / 2**30,
+            "grad_buffers_gib": gradient_bytes(shape["arch"], name, depth) / 2**30,
         }
     speedup = {}
     if "error" not in one["speed"] and "error" not in two["speed"]:
@@ -167,45 +170,62 @@ def extrapolate(shape: dict[str, Any], depth: int) -> dict[str, Any]:
     return {"depth": depth, "weight_gib": weights / 2**30, "reference_s": ref_s, "scorers": rows, "speedup": speedup}
 
 
-def accumulator_bytes(shape: dict[str, Any], name: str) -> int:
-    """fp32 gradient accumulators of the scored projections over the full depth (what gisp/taylor keep)."""
-    a = shape["arch"]
-    head_dim = a.get("head_dim") or a["hidden_size"] // a["num_attention_heads"]
-    q = a["num_attention_heads"] * head_dim * a["hidden_size"]
-    kv = a["num_key_value_heads"] * head_dim * a["hidden_size"]
-    mlp = a["intermediate_size"] * a["hidden_size"]
-    per_layer = 2 * q + 3 * mlp + (2 * kv if GRADIENT_ACCUMULATORS[name] == 7 else 0)
-    return 4 * per_layer * a["num_hidden_layers"]
+def gradient_bytes(arch: dict[str, Any], name: str, depth: int) -> int:
+    """Full-size gradient buffers of a gradient scorer over ``depth`` layers (0 for the others)."""
+    if name not in GRADIENT_BUFFERS:
+        return 0
+    projections, per_weight = GRADIENT_BUFFERS[name]
+    head_dim = arch.get("head_dim") or arch["hidden_size"] // arch["num_attention_heads"]
+    q = arch["num_attention_heads"] * head_dim * arch["hidden_size"]
+    kv = arch["num_key_value_heads"] * head_dim * arch["hidden_size"]
+    mlp = arch["intermediate_size"] * arch["hidden_size"]
+    per_layer = 2 * q + 3 * mlp + (2 * kv if projections == 7 else 0)
+    return per_weight * per_layer * depth
 
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"device {results['device']}, {results['threads']} threads, calibration {results['calibration']}",
         "",
-        "| shape | layers | scorer | × fwd+bwd (2 layers) | × fwd+bwd (full) | peak / weights (2 layers) "
-        "| predicted peak GiB (full) | fp32 grad accumulators GiB (full) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| shape | scorer | s (× fwd+bwd), 1 layer | s (× fwd+bwd), 2 layers | × fwd+bwd, full depth (fit) "
+        "| peak GiB (/ weights), 1 layer | peak GiB (/ weights), 2 layers | predicted peak GiB, full depth "
+        "| of which full-size gradient buffers GiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for shape_name, shape in results["shapes"].items():
-        full, two = shape["full"], shape["depths"]["2"]
-        for name, row in full["scorers"].items():
-            measured = two[name]
-            accumulators = f"{row['grad_accumulators_gib']:.1f}" if row["grad_accumulators_gib"] else "—"
+        full = shape.get("full", {})
+        for name in ["reference", *SCORERS]:
+            cells = []
+            for depth in ("1", "2"):
+                measured, ref = shape["depths"][depth].get(name, {}), shape["depths"][depth]["reference"]
+                if "seconds" not in measured or "seconds" not in ref:
+                    cells.append("failed")
+                    continue
+                cells.append(f"{measured['seconds']:.1f} ({measured['seconds'] / ref['seconds']:.2f})")
+            for depth in ("1", "2"):
+                measured = shape["depths"][depth].get(name, {})
+                cells.append(
+                    f"{measured['peak_bytes'] / 2**30:.2f} ({measured['peak_bytes'] / measured['weight_bytes']:.2f})"
+                    if "peak_bytes" in measured
+                    else "failed"
+                )
+            row = full.get("scorers", {}).get(name)
+            fitted = f"{row['x_fwd_bwd']:.2f}" if row else "1.00" if name == "reference" else ""
+            predicted = f"{row['peak_gib']:.1f}" if row else ""
+            buffers = f"{row['grad_buffers_gib']:.1f}" if row and row["grad_buffers_gib"] else "—"
             lines.append(
-                f"| {shape_name} | {full['depth']} | {name} | {measured['seconds'] / two['reference']['seconds']:.2f} "
-                f"| {row['x_fwd_bwd']:.2f} | {measured['peak_bytes'] / measured['weight_bytes']:.2f} "
-                f"| {row['peak_gib']:.1f} | {accumulators} |"
+                f"| {shape_name} | {name} | {cells[0]} | {cells[1]} | {fitted} | {cells[2]} | {cells[3]} "
+                f"| {predicted} | {buffers} |"
             )
-    lines += ["", "| shape | speed figure | 2 layers measured | full depth extrapolated |", "|---|---|---:|---:|"]
+    lines += ["", "| shape | layers | figure | dense | pruned | pruned / dense |", "|---|---:|---|---:|---:|---:|"]
     for shape_name, shape in results["shapes"].items():
-        speed_two = shape["depths"]["2"]["speed"]
-        for key, value in shape["full"]["speedup"].items():
-            measured = (
-                speed_two["dense"]["weight_bytes"] / speed_two["pruned"]["weight_bytes"]
-                if key == "ideal"
-                else speed_two["pruned"][key] / speed_two["dense"][key]
-            )
-            lines.append(f"| {shape_name} | {key} speedup | {measured:.2f} | {value:.2f} |")
+        for depth, measured in shape["depths"].items():
+            figures = measured.get("speed", {})
+            for key in figures.get("dense", {}):
+                if key.endswith("kind"):
+                    continue
+                dense, pruned = figures["dense"][key], figures["pruned"][key]
+                lines.append(f"| {shape_name} | {depth} | {key} | {dense:.4g} | {pruned:.4g} | {pruned / dense:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -216,10 +236,18 @@ def main() -> None:
     parser.add_argument("--scorers", default=",".join(SCORERS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=REPO / "bench_scale_out")
+    parser.add_argument("--report", type=Path, help="only rewrite the markdown from an earlier bench_scale.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.overrides)))
+        return
+    if args.report:
+        results = json.loads(args.report.read_text())
+        for shape in results["shapes"].values():
+            if len(shape["depths"]) == len(DEPTHS):
+                shape["full"] = extrapolate(shape, shape["arch"]["num_hidden_layers"])
+        args.report.with_suffix(".md").write_text(markdown(results))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     calibration = ["calibration=synthetic", "calibration.num_tokens=256", "calibration.seqlen=64"]

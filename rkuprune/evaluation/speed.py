@@ -41,10 +41,10 @@ class SpeedConfig:
 
     enabled: bool = True
     prefill_batch: int = 1
-    prompt_length: int = 64  # tokens per row, for prefill and as the decode prompt
+    prompt_length: int = 32  # tokens per row, for prefill and as the decode prompt
     decode_batches: list[int] = field(default_factory=lambda: [1, 4])
-    new_tokens: int = 16  # greedy decode steps with the KV cache on
-    warmup: int = 1  # untimed repetitions before timing
+    new_tokens: int = 8  # greedy decode steps with the KV cache on
+    warmup: int = 1  # untimed repetitions before timing (the peak-memory pass is the largest batch's)
     repeats: int = 2  # timed repetitions; the median is kept
     seed: int = 0
 
@@ -85,9 +85,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_seconds(run: Callable[[], float], cfg: SpeedConfig) -> float:
+def _median_seconds(run: Callable[[], float], cfg: SpeedConfig, warmup: int | None = None) -> float:
     """Median of ``cfg.repeats`` timed calls of ``run`` (which returns its own seconds) after the warm-up."""
-    for _ in range(cfg.warmup):
+    for _ in range(cfg.warmup if warmup is None else warmup):
         run()
     times = sorted(run() for _ in range(max(cfg.repeats, 1)))
     return times[len(times) // 2]
@@ -169,10 +169,12 @@ def measure(model: nn.Module, cfg: SpeedConfig) -> dict[str, Any]:
     peak: dict[str, Any] = {}
     for batch in cfg.decode_batches:
         ids = tokens(batch)
-        if batch == max(cfg.decode_batches):  # the largest batch sets the peak
+        warmup = cfg.warmup
+        if batch == max(cfg.decode_batches):  # the largest batch sets the peak; that pass warms up too
             with peak_memory(device) as peak:
                 _decode(model, ids, cfg.new_tokens)
-        seconds = _median_seconds(lambda ids=ids: _decode(model, ids, cfg.new_tokens)[1], cfg)
+            warmup = max(warmup - 1, 0)
+        seconds = _median_seconds(lambda ids=ids: _decode(model, ids, cfg.new_tokens)[1], cfg, warmup)
         figures[decode_key(batch)] = batch * cfg.new_tokens / seconds
     figures.update(peak)
     model.train(was_training)
