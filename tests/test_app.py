@@ -89,7 +89,7 @@ def scorer_run_by(option: str) -> str:
     """The registered scorer a scorer option runs: itself, or for a preset such as rku_iterative the one
     its defaults list pulls in (``/scorer/rku@scorer``), inside another schedule or allocation."""
     found = re.search(r"/scorer/(\w+)@scorer", (CONF / "scorer" / f"{option}.yaml").read_text())
-    return found.group(1) if found else option
+    return found.group(1).removesuffix("_schema") if found else option
 
 
 def test_every_benchmark_builds_its_tasks_with_local_data(tmp_path) -> None:
