@@ -22,6 +22,7 @@ from rkuprune import cli, pipeline
 from rkuprune.config import register_configs
 from rkuprune.evaluation.perplexity import perplexity
 from rkuprune.models.params import weights_fingerprint
+from rkuprune.report.__main__ import main as report_main
 from rkuprune.report.collect import collect
 from rkuprune.tracking.atomic import write_json
 from rkuprune.tracking.records import RunRecord, read_results
@@ -170,7 +171,7 @@ def test_results_with_non_utf8_bytes_or_bare_nan_are_named_and_redone(tmp_path) 
     assert pipeline.completed_results(tmp_path / "b", "h", save_model=False) is None
 
 
-def test_non_finite_metrics_are_strict_json_flagged_and_shown_in_the_report(tmp_path) -> None:
+def test_non_finite_metrics_are_strict_json_flagged_and_shown_in_the_report(tmp_path, capsys) -> None:
     run_dir = tmp_path / "run"
     record = RunRecord(run_dir, {"scorer": {"name": "magnitude"}}, "h")
     record.update("model", {"name": "m"})
@@ -187,6 +188,8 @@ def test_non_finite_metrics_are_strict_json_flagged_and_shown_in_the_report(tmp_
 
     cells = build_table(collect(tmp_path)).body()[1]
     assert "inf" in cells and "nan" in cells
+    assert report_main([str(tmp_path)]) == 0
+    assert "acc/synthetic, ppl/pydoc@64 not finite" in capsys.readouterr().out
 
 
 def first_weight(model: nn.Module) -> float:

@@ -193,8 +193,6 @@ def checked_plan(path: Path, sizes: list[dict[str, Any]]) -> PruningPlan:
         plan = PruningPlan.from_dict(read_json_file(file))
     except PlanError as exc:
         raise CheckpointError(f"{file}: {exc}") from None
-    if not plan.base_model:
-        raise CheckpointError(f"{file}: base_model is empty; the plan must name the model it was cut from")
     kept = sorted(plan.layers, key=lambda lp: lp.index)
     if len(kept) != len(sizes):
         raise CheckpointError(f"{file}: the plan keeps {len(kept)} layers but config.json describes {len(sizes)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     if not collection.runs:
         print(f"error: no completed results.json under {args.folder}", file=sys.stderr)
         return 1
+    for run in collection.runs:
+        odd = sorted(k for k, v in {**run.metrics, **run.dense}.items() if not math.isfinite(v))
+        if odd:
+            print(f"note: {run.path}: {', '.join(odd)} not finite (shown as nan or inf, left out of plots)")
     if len(collection.models) > 1:
         print(f"note: {len(collection.models)} models ({', '.join(collection.models)}): rows and plots per model")
     table = build_table(collection)
