@@ -59,12 +59,10 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     from rkuprune.models.surgery import apply_plan
     from rkuprune.scoring import SCORERS
 
-    arch = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / "qwen3-8b-shape.yaml"))["arch"]
+    arch = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / f"{args.shape}.yaml"))["arch"]
     if args.layers:
         arch["num_hidden_layers"] = args.layers
-    model_cfg = ModelConfig(
-        name="qwen3-8b-shape", source="random", arch=arch, dtype="bfloat16", device="cuda", init="fast"
-    )
+    model_cfg = ModelConfig(name=args.shape, source="random", arch=arch, dtype="bfloat16", device="cuda", init="fast")
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "stages": {}}
     results["settings"] = {
         "layers": arch["num_hidden_layers"],
@@ -75,14 +73,16 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     model = loaded.model
     calib_cfg = CalibrationConfig(name="synthetic", num_tokens=args.tokens, seqlen=512, batch_size=args.batch_size)
     calibration = CALIBRATION_SOURCES.build(calib_cfg).build(loaded.tokenizer, DataConfig())
-    settings = speed.SpeedConfig(prefill_batch=4, prompt_length=512, decode_batches=[1, 16], new_tokens=64, repeats=3)
+    settings = speed.SpeedConfig(
+        prefill_batch=4, prompt_length=512, decode_batches=[1, 16], new_tokens=64, warmup=2, repeats=3
+    )
     dense = stage("dense speed", results, lambda: speed.measure(model, settings))
     gisp = SCORERS.build(SCORERS.get("gisp").config())
     stage("gisp scoring pass (dense)", results, lambda: gisp.score(model, calibration))
     rku = SCORERS.build(SCORERS.get("rku").config())
     scores = stage("rku scoring", results, lambda: rku.score(model, calibration))
     structures = adapter_for(model).structures()
-    plan = allocate(PruningConfig(sparsity=args.sparsity), scores, structures, base_model="qwen3-8b-shape")
+    plan = allocate(PruningConfig(sparsity=args.sparsity), scores, structures, base_model=args.shape)
     stage("slice", results, lambda: apply_plan(model, plan, "slice"))
     pruned = stage("pruned speed", results, lambda: speed.measure(model, settings))
     results["speed"] = {"settings": speed.settings(settings, model), "dense": dense, "pruned": pruned}
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=16384, help="RKU calibration tokens")
     parser.add_argument("--batch-size", type=int, default=8, help="calibration rows per micro-batch (512 tokens each)")
     parser.add_argument("--sparsity", type=float, default=0.4)
+    parser.add_argument("--shape", default="qwen3-8b-shape", help="a random-shape model config under conf/model")
     parser.add_argument("--layers", type=int, default=None, help="fewer layers than Qwen3-8B's 36, for a quick try")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

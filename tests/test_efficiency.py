@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 
 import pytest
 import torch
@@ -133,3 +134,16 @@ def test_gpu_check_without_cuda_says_so_in_one_line(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert err.strip() == gpu_check.NO_CUDA and "no CUDA device" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_progress_logs_an_eta_when_output_is_not_a_terminal(monkeypatch, caplog) -> None:
+    from rkuprune.tracking import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
+    log = logging.getLogger("test_progress")
+    with caplog.at_level(logging.INFO, logger="test_progress"):
+        assert list(progress.progress([1, 2, 3], "scoring", log)) == [1, 2, 3]
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(",")[0] for line in lines] == ["scoring: 1/3 done", "scoring: 2/3 done"]
+    assert all("ETA" in line for line in lines)

@@ -16,7 +16,7 @@ LOG_EVERY_S = 30.0
 
 
 def progress(items: Sequence[T], desc: str, log: logging.Logger, unit: str = "batch") -> Iterator[T]:
-    """Yield ``items``; show a bar on a terminal, else log ``desc: i/n, ETA`` at most every 30 s."""
+    """Yield ``items``; show a bar on a terminal, else log ``desc: i/n done, ETA`` at most every 30 s."""
     if sys.stderr.isatty():
         yield from tqdm(items, desc=desc, unit=unit, leave=False)
         return
@@ -26,5 +26,5 @@ def progress(items: Sequence[T], desc: str, log: logging.Logger, unit: str = "ba
         now = time.perf_counter()
         if now - last >= LOG_EVERY_S and done < len(items):
             eta = (now - start) / done * (len(items) - done)
-            log.info("%s: %d/%d %ss, ETA %.0f s", desc, done, len(items), unit, eta)
+            log.info("%s: %d/%d done, ETA %.0f s", desc, done, len(items), eta)
             last = now
