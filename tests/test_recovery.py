@@ -14,6 +14,7 @@ from rkuprune.errors import ConfigError
 from rkuprune.models.adapters import adapter_for
 from rkuprune.recovery import RECOVERY
 from rkuprune.recovery.lora import LoRAConfig
+from rkuprune.report.collect import collect
 from tests.conftest import random_plan, tiny
 from tests.test_app import run_cli
 from tests.test_surgery import padded_batch
@@ -93,6 +94,9 @@ def test_a_recovery_run_writes_both_metric_sets_and_the_loss_curve(tmp_path, mon
     assert [row["recovery/loss"] for row in history] == pytest.approx(results["recovery"]["losses"])
     summary = offline_summary(run_dir / "wandb")
     assert summary[f"before_recovery/{key}"] == pytest.approx(results["metrics_before_recovery"][key])
+    (run,) = collect(run_dir).runs  # the report shows both metric sets
+    assert run.metrics[f"before_recovery/{key}"] == results["metrics_before_recovery"][key]
+    assert run.metrics[key] == results["metrics"][key]
 
 
 @pytest.mark.parametrize(
