@@ -144,6 +144,26 @@ class Qwen3Adapter(DecoderAdapter):
     model_types = ("qwen3",)
 
 
+@register_adapter
+class Gemma2Adapter(DecoderAdapter):
+    """Gemma-2: explicit ``head_dim``; its extra norms, soft-capping and sliding windows need no change.
+
+    The pre/post feed-forward norms act on the hidden size, which pruning never changes; attention
+    logits are scaled by ``query_pre_attn_scalar`` (not by the head count) and soft-capped element by
+    element, as are the final logits, so removing heads or channels leaves both as they are. Whether a
+    layer slides is ``config.layer_types[i]``, which surgery keeps in step when it removes layers.
+    """
+
+    model_types = ("gemma2",)
+
+
+@register_adapter
+class Gemma3Adapter(Gemma2Adapter):
+    """Gemma-3 text decoder (``gemma3_text``, e.g. gemma-3-1b): Gemma-2's layout plus per-head q/k norms."""
+
+    model_types = ("gemma3_text",)
+
+
 def supported_model_types() -> list[str]:
     return sorted(_ADAPTERS)
 
