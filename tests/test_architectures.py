@@ -23,7 +23,7 @@ from tests.conftest import CONF, TINY_ARCHS, in_float64, tiny
 from tests.test_scorers import GRANULARITIES, synthetic
 
 PACKAGE = Path(rkuprune.__file__).parent
-PROJECTION = re.compile(r"[a-z]+_proj\b")  # q_proj, qkv_proj, gate_up_proj, ... and f"{name}_proj"
+PROJECTION = re.compile(r"_proj\b")  # q_proj, qkv_proj, gate_up_proj, ... and the "_proj" of f"{name}_proj"
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
