@@ -26,7 +26,16 @@ CONF = REPO / "conf"
 SHARED_DATA = REPO.parent / "shared" / "data"
 # Every architecture the adapters support, as a tiny random model: the surgery, scorer and depth tests
 # run on each. A new family joins the matrix by adding its conf/model/tiny-<family>.yaml here.
-TINY_ARCHS = ("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-phi3")
+TINY_ARCHS = (
+    "tiny-llama",
+    "tiny-mistral",
+    "tiny-qwen2",
+    "tiny-qwen3",
+    "tiny-gemma2",
+    "tiny-gemma3",
+    "tiny-phi3",
+    "tiny-granite",
+)
 EAGER_FLOAT64 = "eager_float64"
 
 

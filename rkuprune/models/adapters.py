@@ -244,6 +244,14 @@ class Gemma3Adapter(Gemma2Adapter):
 
 
 @register_adapter
+class GraniteAdapter(DecoderAdapter):
+    """IBM Granite 3: the Llama layout; its embedding, attention, residual and logit multipliers are
+    scalars, independent of the head count and MLP width, so pruning leaves them as they are."""
+
+    model_types = ("granite",)
+
+
+@register_adapter
 class Phi3Adapter(DecoderAdapter):
     """Phi-3 / Phi-4-mini: q, k, v fused in ``qkv_proj`` (in that order) and gate, up in ``gate_up_proj``.
 
