@@ -13,10 +13,11 @@ import torch
 from omegaconf import OmegaConf
 
 import rkuprune
-from rkuprune import apply_plan
+from rkuprune import apply_plan, load_pruned, save_pruned
 from rkuprune.allocation import allocate
 from rkuprune.allocation.allocators import PruningConfig
 from rkuprune.models.adapters import adapter_for, supported_model_types
+from rkuprune.models.plan import PruningPlan
 from rkuprune.scoring import SCORERS
 from rkuprune.scoring.gisp import GispConfig
 from tests.conftest import CONF, TINY_ARCHS, in_float64, tiny
@@ -108,3 +109,16 @@ def test_phi3_fused_gradients_are_split_where_the_model_splits_them() -> None:
     torch.testing.assert_close(
         scores.layers[2].channels.double(), channels / (3 * s.intermediate_size), rtol=2**-22, atol=0
     )
+
+
+def test_a_hub_config_naming_custom_code_still_saves_a_loadable_folder(tmp_path) -> None:
+    """Phi-3's hub config carries ``auto_map``; the model runs transformers' own code, so the folder must not
+    ask for custom code (``load_pruned`` refuses folders that do)."""
+    loaded = tiny("tiny-phi3")
+    loaded.model.config.auto_map = {"AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"}
+    plan = PruningPlan.dense(adapter_for(loaded.model).structures(), base_model="tiny-phi3")
+    apply_plan(loaded.model, plan, "slice")
+    save_pruned(loaded.model, loaded.tokenizer, plan, tmp_path / "pruned")
+    reloaded, _ = load_pruned(tmp_path / "pruned")
+    assert "auto_map" not in reloaded.config.to_dict()
+    assert loaded.model.config.auto_map  # the model in hand keeps its config

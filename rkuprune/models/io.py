@@ -46,7 +46,7 @@ def save_pruned(model: PreTrainedModel, tokenizer: Any, plan: PruningPlan, path:
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new."))
     try:
         staging.chmod(umask_mode(0o777))
-        model.save_pretrained(staging, safe_serialization=True)
+        _save_without_custom_code(model, staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         plan.metadata.setdefault("versions", versions())
@@ -55,6 +55,18 @@ def save_pruned(model: PreTrainedModel, tokenizer: Any, plan: PruningPlan, path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _save_without_custom_code(model: PreTrainedModel, folder: Path) -> None:
+    """``save_pretrained`` without the config's ``auto_map``: the model in hand runs transformers' own
+    code (rkuprune never loads remote code), but hub configs such as Phi-3's name custom code there,
+    which ``load_pruned`` would then refuse."""
+    auto_map = model.config.__dict__.pop("auto_map", None)
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        if auto_map is not None:
+            model.config.auto_map = auto_map
 
 
 def _swap_in(new: Path, path: Path) -> None:
