@@ -5,7 +5,8 @@ Both start from the dense model, whose shapes match the plan's original numberin
 and the same model sliced give the same logits (the core test of this module): a removed query head
 loses its q rows and o columns, a removed KV head its k and v rows, a removed MLP channel its gate
 and up rows and its down column, and a removed layer becomes the identity (masked: its o and down
-are zero) or disappears (sliced).
+are zero) or disappears (sliced). Rows and columns are those of the adapter's roles, so a fused Linear
+(Phi-3's qkv_proj) is masked at each role's offset and sliced once.
 """
 
 from __future__ import annotations
@@ -78,10 +79,11 @@ def _zero_rows(projection: Projection, rows: torch.Tensor) -> None:
         projection.linear.bias.index_fill_(0, rows, 0.0)
 
 
-def _kept_units(
+def _unit_indices(
     structure: LayerStructure, plan: LayerPlan, device: torch.device, removed: bool
 ) -> dict[str, torch.Tensor]:
-    """Per role, the rows (input roles) or columns (o, down) of the kept units, or of the removed ones."""
+    """Per role, the rows (input roles) or columns (o, down) of the kept units, or of the removed ones,
+    counted within the role (a fused Linear adds the role's ``start``)."""
 
     def pick(kept: list[int], size: int) -> list[int]:
         return _complement(kept, size) if removed else kept
@@ -94,7 +96,7 @@ def _kept_units(
 
 def _mask_layer(adapter: DecoderAdapter, layer: nn.Module, structure: LayerStructure, plan: LayerPlan) -> None:
     roles = adapter.roles(layer)
-    removed = _kept_units(structure, plan, roles["q"].linear.weight.device, removed=True)
+    removed = _unit_indices(structure, plan, roles["q"].linear.weight.device, removed=True)
     for role, projection in roles.items():
         if role in OUTPUT_ROLES:
             projection.linear.weight.index_fill_(1, removed[role], 0.0)
@@ -127,7 +129,7 @@ def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: tor
 def _slice_layer(adapter: DecoderAdapter, layer: nn.Module, structure: LayerStructure, plan: LayerPlan) -> None:
     """Slice each Linear once: the kept rows of every role it holds, in row order, or the kept columns."""
     groups = adapter.linears(layer)
-    kept = _kept_units(structure, plan, groups[0][0].weight.device, removed=False)
+    kept = _unit_indices(structure, plan, groups[0][0].weight.device, removed=False)
     for linear, held in groups:
         output = [role for role in held if role in OUTPUT_ROLES]
         if output:
