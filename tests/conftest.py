@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from rkuprune.models.loading import LoadedModel, ModelConfig, load_model
 from rkuprune.models.plan import PruningPlan
@@ -21,7 +24,55 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 SHARED_DATA = REPO.parent / "shared" / "data"
-TINY_ARCHS = ("tiny-llama", "tiny-qwen2", "tiny-qwen3")
+# Every architecture the adapters support, as a tiny random model: the surgery, scorer and depth tests
+# run on each. A new family joins the matrix by adding its conf/model/tiny-<family>.yaml here.
+TINY_ARCHS = (
+    "tiny-llama",
+    "tiny-mistral",
+    "tiny-qwen2",
+    "tiny-qwen3",
+    "tiny-gemma2",
+    "tiny-gemma3",
+    "tiny-phi3",
+    "tiny-granite",
+)
+EAGER_FLOAT64 = "eager_float64"
+
+
+def _eager_float64(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    softcap: float | None = None,
+    **_: object,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention (with Gemma-2's soft-capping) computed in the inputs' dtype. transformers' eager
+    softmax runs in float32, which turns the float64 mask minimum into -inf and a fully masked padding
+    row into NaN that then leaks into real tokens (0 * NaN)."""
+    key = key.repeat_interleave(module.num_key_value_groups, dim=1)
+    value = value.repeat_interleave(module.num_key_value_groups, dim=1)
+    scores = query @ key.transpose(2, 3) * scaling
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = scores.softmax(dim=-1)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
+AttentionInterface.register(EAGER_FLOAT64, _eager_float64)
+AttentionMaskInterface.register(EAGER_FLOAT64, eager_mask)  # additive float masks, as for eager
+
+
+def in_float64(model: nn.Module) -> nn.Module:
+    """The model in float64, so comparisons do not depend on the CPU's kernels (eager attention kept exact)."""
+    model.double()
+    if model.config._attn_implementation == "eager":  # noqa: SLF001 - transformers keeps the choice there
+        model.set_attn_implementation(EAGER_FLOAT64)
+    return model
 
 
 def model_config(name: str, **overrides: object) -> ModelConfig:

@@ -55,7 +55,10 @@ def captured_inputs(model: torch.nn.Module, calibration: CalibrationSet) -> dict
     store: dict[tuple[int, str], torch.Tensor] = {}
     handles = []
     for i, layer in enumerate(adapter.layers()):
-        for block, linear in (("attention", adapter.attention(layer).o), ("mlp", adapter.mlp(layer).down)):
+        for block, linear in (
+            ("attention", adapter.attention(layer).o.linear),
+            ("mlp", adapter.mlp(layer).down.linear),
+        ):
             handles.append(
                 linear.register_forward_hook(lambda m, a, o, key=(i, block): store.__setitem__(key, a[0].detach()))
             )

@@ -20,7 +20,7 @@ from rkuprune.scoring import SCORERS, LayerScores, Scores
 from rkuprune.scoring.rku import RKUConfig
 from rkuprune.scoring.shortgpt import ShortGPTConfig, block_influence
 from rkuprune.scoring.taylor import TaylorConfig
-from tests.conftest import TINY_ARCHS, tiny
+from tests.conftest import TINY_ARCHS, in_float64, tiny
 from tests.test_app import run_cli
 from tests.test_surgery import FLOAT64_ATOL, padded_batch
 
@@ -35,7 +35,7 @@ def calibration_rows(vocab: int, seed: int = 0) -> CalibrationSet:
 
 @pytest.mark.parametrize("name", TINY_ARCHS)
 def test_block_influence_matches_a_hand_computation(name: str) -> None:
-    model = tiny(name).model.double()
+    model = in_float64(tiny(name).model)
     calibration = calibration_rows(model.config.vocab_size)
     adapter = adapter_for(model)
     adapter.decoder().norm = nn.Identity()  # so the last hidden state is the last layer's raw output
@@ -166,7 +166,7 @@ def test_removing_every_layer_fails_in_one_line_right_after_loading(tmp_path, mo
 def depth_plan(name: str, granularity: str, depth_fraction: float):
     """A float64 tiny model and an RKU plan that removes a layer (and, when mixed, units of the others)."""
     loaded = tiny(name)
-    loaded.model.double()
+    in_float64(loaded.model)
     calibration = calibration_rows(loaded.model.config.vocab_size)
     structures = adapter_for(loaded.model).structures()
     scores = SCORERS.build(RKUConfig()).score(loaded.model, calibration)
@@ -193,7 +193,7 @@ def test_masked_identity_layers_equal_sliced_with_removed_layers(name: str, tmp_
         assert torch.equal(cached, masked.generate(**batch, **kwargs, use_cache=True))
         assert torch.equal(cached, sliced.generate(**batch, **kwargs, use_cache=False))
     save_pruned(sliced, loaded.tokenizer, plan, tmp_path / "pruned")
-    reloaded, _ = load_pruned(tmp_path / "pruned")
+    reloaded = in_float64(load_pruned(tmp_path / "pruned")[0])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, sliced(**batch).logits, atol=0, rtol=0)
 
@@ -204,7 +204,7 @@ def test_layer_only_plan_loads_with_plain_from_pretrained(name: str, tmp_path) -
     assert plan.is_uniform()
     apply_plan(loaded.model, plan, "slice")
     save_pruned(loaded.model, loaded.tokenizer, plan, tmp_path / "pruned")
-    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", dtype=torch.float64)
+    plain = in_float64(AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", dtype=torch.float64))
     assert plain.config.num_hidden_layers == len(plan.layers)
     batch = padded_batch(loaded.tokenizer)
     with torch.no_grad():

@@ -16,8 +16,7 @@ from rkuprune.allocation.allocators import PruningConfig
 from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationConfig, CalibrationSet
 from rkuprune.data.sources import DataConfig
 from rkuprune.errors import ConfigError
-from rkuprune.models import surgery
-from rkuprune.models.adapters import adapter_for
+from rkuprune.models.adapters import DecoderAdapter, adapter_for
 from rkuprune.models.io import read_config
 from rkuprune.models.loading import LoadedModel, load_model
 from rkuprune.models.plan import PruningPlan
@@ -95,7 +94,7 @@ def test_rku_equals_explicit_autograd_on_captured_activations(objective: str) ->
     handles = [
         linear.register_forward_hook(lambda m, a, o, key=(i, block): store.__setitem__(key, a[0]))
         for i, layer in enumerate(adapter.layers())
-        for block, linear in (("attention", adapter.attention(layer).o), ("mlp", adapter.mlp(layer).down))
+        for block, linear in (("attention", adapter.attention(layer).o.linear), ("mlp", adapter.mlp(layer).down.linear))
     ]
     phi = hand_objective(model, calibration, objective, store)
     for handle in handles:
@@ -265,7 +264,7 @@ def test_flap_biases_survive_save_and_load_and_plain_loading_fails_loudly(tmp_pa
         AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
 
     # Without the guard the same folder loads plainly and silently drops the biases (what it prevents).
-    monkeypatch.setattr(surgery, "_native_biases", lambda adapter: {"o", "down"})
+    monkeypatch.setattr(DecoderAdapter, "native_bias_roles", lambda self: {"o", "down"})
     apply_plan(unguarded, plan, "slice")
     save_pruned(unguarded, loaded.tokenizer, plan, tmp_path / "unguarded")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "unguarded")

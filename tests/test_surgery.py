@@ -13,7 +13,7 @@ from rkuprune.errors import CheckpointError, PlanError
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.params import count_params, sparsity
 from rkuprune.models.plan import PruningPlan
-from tests.conftest import TINY_ARCHS, random_plan, tiny
+from tests.conftest import TINY_ARCHS, in_float64, random_plan, tiny
 
 GRANULARITIES = ("q_head", "kv_group", "none")
 # Masked and sliced models sum the same products, the masked one with extra exact zeros, in a different
@@ -31,7 +31,7 @@ def padded_batch(tokenizer: object) -> dict[str, torch.Tensor]:
 def masked_and_sliced(name: str, granularity: str, seed: int = 0):
     """In float64, so that masked and sliced agree to round-off (~1e-15) on any CPU's kernels."""
     loaded = tiny(name)
-    loaded.model.double()
+    in_float64(loaded.model)
     plan = random_plan(adapter_for(loaded.model).structures(), granularity, seed=seed)
     masked = apply_plan(copy.deepcopy(loaded.model), plan, "mask")
     sliced = apply_plan(loaded.model, plan, "slice")
@@ -93,6 +93,7 @@ def test_save_then_load_gives_identical_logits(name: str, granularity: str, tmp_
     _, sliced, plan, tokenizer = masked_and_sliced(name, granularity, seed=3)
     save_pruned(sliced, tokenizer, plan, tmp_path / "pruned")
     reloaded, reloaded_tokenizer = load_pruned(tmp_path / "pruned")
+    in_float64(reloaded)
     batch = padded_batch(tokenizer)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, sliced(**batch).logits, atol=0, rtol=0)
@@ -147,7 +148,7 @@ def test_load_refuses_weights_that_do_not_match_the_plan(tmp_path) -> None:
 
 def test_removed_layer_masks_to_identity_and_slices_away(tmp_path) -> None:
     loaded = tiny("tiny-qwen3")
-    loaded.model.double()
+    in_float64(loaded.model)
     structures = adapter_for(loaded.model).structures()
     plan = random_plan(structures, "q_head", seed=4)
     plan.layers = [lp for lp in plan.layers if lp.index != 2]
@@ -162,7 +163,7 @@ def test_removed_layer_masks_to_identity_and_slices_away(tmp_path) -> None:
             sliced(**batch).logits[keep], masked(**batch).logits[keep], atol=FLOAT64_ATOL, rtol=0
         )
     save_pruned(sliced, loaded.tokenizer, plan, tmp_path / "pruned")
-    reloaded, _ = load_pruned(tmp_path / "pruned")
+    reloaded = in_float64(load_pruned(tmp_path / "pruned")[0])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, sliced(**batch).logits, atol=0, rtol=0)
 

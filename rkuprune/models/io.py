@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from rkuprune.errors import CheckpointError, PlanError
-from rkuprune.models.adapters import adapter_for
+from rkuprune.models.adapters import ROLES, adapter_for
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.structures import LayerStructure, Structures
 from rkuprune.models.surgery import SIZES_KEY
@@ -33,7 +33,7 @@ from rkuprune.versions import versions
 
 PLAN_FILE = "pruning_plan.json"
 LAYER_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
-BIAS_NAMES = {"q", "k", "v", "o", "gate", "up", "down"}
+BIAS_NAMES = set(ROLES)
 
 
 def save_pruned(model: PreTrainedModel, tokenizer: Any, plan: PruningPlan, path: str | Path) -> Path:
@@ -46,7 +46,7 @@ def save_pruned(model: PreTrainedModel, tokenizer: Any, plan: PruningPlan, path:
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new."))
     try:
         staging.chmod(umask_mode(0o777))
-        model.save_pretrained(staging, safe_serialization=True)
+        _save_without_custom_code(model, staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         plan.metadata.setdefault("versions", versions())
@@ -55,6 +55,18 @@ def save_pruned(model: PreTrainedModel, tokenizer: Any, plan: PruningPlan, path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _save_without_custom_code(model: PreTrainedModel, folder: Path) -> None:
+    """``save_pretrained`` without the config's ``auto_map``: the model in hand runs transformers' own
+    code (rkuprune never loads remote code), but hub configs such as Phi-3's name custom code there,
+    which ``load_pruned`` would then refuse."""
+    auto_map = model.config.__dict__.pop("auto_map", None)
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        if auto_map is not None:
+            model.config.auto_map = auto_map
 
 
 def _swap_in(new: Path, path: Path) -> None:
@@ -72,12 +84,16 @@ def _swap_in(new: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _resize_linear(linear: nn.Linear, out_features: int, in_features: int, bias: bool) -> nn.Linear:
-    return nn.Linear(in_features, out_features, bias=bias, dtype=linear.weight.dtype)
+def _resize_linear(linear: nn.Linear, out_features: int, in_features: int, bias: bool) -> None:
+    """Give ``linear`` empty weights of the saved shape (on the meta device, inside init_empty_weights)."""
+    like = {"dtype": linear.weight.dtype, "device": linear.weight.device}
+    linear.weight = nn.Parameter(torch.empty(out_features, in_features, **like))
+    linear.bias = nn.Parameter(torch.empty(out_features, **like)) if bias else None
+    linear.out_features, linear.in_features = out_features, in_features
 
 
 def _resize_layers(model: PreTrainedModel, sizes: list[dict[str, Any]]) -> None:
-    """Replace each layer's projections by empty ones of the saved shapes (inside init_empty_weights)."""
+    """Resize each layer's Linears to the saved shapes, role by role (a fused Linear holds several roles)."""
     adapter = adapter_for(model)
     head_dim, hidden = adapter.head_dim, model.config.hidden_size
     if len(sizes) != len(adapter.layers()):
@@ -86,16 +102,14 @@ def _resize_layers(model: PreTrainedModel, sizes: list[dict[str, Any]]) -> None:
         q_dim = size["num_attention_heads"] * head_dim
         kv_dim = size["num_key_value_heads"] * head_dim
         width = size["intermediate_size"]
-        biases = set(size["biases"])
-        shapes = {"q": (q_dim, hidden), "k": (kv_dim, hidden), "v": (kv_dim, hidden), "o": (hidden, q_dim)}
-        attn_module = adapter.attention_module(layer)
-        for name, (out_f, in_f) in shapes.items():
-            old = getattr(attn_module, f"{name}_proj")
-            setattr(attn_module, f"{name}_proj", _resize_linear(old, out_f, in_f, name in biases))
-        mlp_module = adapter.mlp_module(layer)
-        for name, (out_f, in_f) in {"gate": (width, hidden), "up": (width, hidden), "down": (hidden, width)}.items():
-            old = getattr(mlp_module, f"{name}_proj")
-            setattr(mlp_module, f"{name}_proj", _resize_linear(old, out_f, in_f, name in biases))
+        shapes = {
+            **{"q": (q_dim, hidden), "k": (kv_dim, hidden), "v": (kv_dim, hidden), "o": (hidden, q_dim)},
+            **{"gate": (width, hidden), "up": (width, hidden), "down": (hidden, width)},
+        }
+        for linear, held in adapter.linears(layer):
+            out_features = sum(shapes[role][0] for role in held)
+            in_features = shapes[next(iter(held))][1]
+            _resize_linear(linear, out_features, in_features, bias=bool(set(held) & set(size["biases"])))
         adapter.set_attention_heads(layer, size["num_attention_heads"], size["num_key_value_heads"])
         adapter.set_intermediate_size(layer, width)
 

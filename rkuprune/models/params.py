@@ -26,8 +26,8 @@ def count_params(model: nn.Module) -> ParamCounts:
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     prunable = 0
     for layer in adapter.layers():
-        parts = (*vars(adapter.attention(layer)).values(), *vars(adapter.mlp(layer)).values())
-        prunable += sum(p.numel() for linear in parts for p in linear.parameters(recurse=False))
+        linears = (linear for linear, _ in adapter.linears(layer))  # a fused Linear counts once
+        prunable += sum(p.numel() for linear in linears for p in linear.parameters(recurse=False))
     return ParamCounts(total=total, prunable=prunable)
 
 

@@ -5,7 +5,8 @@ Both start from the dense model, whose shapes match the plan's original numberin
 and the same model sliced give the same logits (the core test of this module): a removed query head
 loses its q rows and o columns, a removed KV head its k and v rows, a removed MLP channel its gate
 and up rows and its down column, and a removed layer becomes the identity (masked: its o and down
-are zero) or disappears (sliced).
+are zero) or disappears (sliced). Rows and columns are those of the adapter's roles, so a fused Linear
+(Phi-3's qkv_proj) is masked at each role's offset and sliced once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import PretrainedConfig
 
-from rkuprune.models.adapters import DecoderAdapter, adapter_for
+from rkuprune.models.adapters import OUTPUT_ROLES, DecoderAdapter, Projection, adapter_for
 from rkuprune.models.plan import LayerPlan, PruningPlan
 from rkuprune.models.structures import LayerStructure
 
@@ -47,7 +48,8 @@ def apply_plan(model: nn.Module, plan: PruningPlan, mode: Mode) -> nn.Module:
             if mode == "mask":
                 _mask_whole_layer(adapter, adapter.layers()[index])
         if mode == "slice":
-            _remove_layers(adapter, plan.removed_layers)
+            if plan.removed_layers:
+                adapter.remove_layers(plan.removed_layers)
             _record_sizes(adapter, plan)
     return model
 
@@ -70,32 +72,43 @@ def _complement(kept: list[int], size: int) -> list[int]:
     return [i for i in range(size) if i not in keep]
 
 
-def _zero_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
-    linear.weight.index_fill_(0, rows, 0.0)
-    if linear.bias is not None:
-        linear.bias.index_fill_(0, rows, 0.0)
+def _zero_rows(projection: Projection, rows: torch.Tensor) -> None:
+    rows = rows + projection.start
+    projection.linear.weight.index_fill_(0, rows, 0.0)
+    if projection.linear.bias is not None:
+        projection.linear.bias.index_fill_(0, rows, 0.0)
+
+
+def _unit_indices(
+    structure: LayerStructure, plan: LayerPlan, device: torch.device, removed: bool
+) -> dict[str, torch.Tensor]:
+    """Per role, the rows (input roles) or columns (o, down) of the kept units, or of the removed ones,
+    counted within the role (a fused Linear adds the role's ``start``)."""
+
+    def pick(kept: list[int], size: int) -> list[int]:
+        return _complement(kept, size) if removed else kept
+
+    q = head_rows(pick(plan.q_heads, structure.num_q_heads), structure.head_dim, device)
+    kv = head_rows(pick(plan.kv_heads, structure.num_kv_heads), structure.head_dim, device)
+    channels = torch.as_tensor(pick(plan.mlp_channels, structure.intermediate_size), dtype=torch.long, device=device)
+    return {"q": q, "k": kv, "v": kv, "o": q, "gate": channels, "up": channels, "down": channels}
 
 
 def _mask_layer(adapter: DecoderAdapter, layer: nn.Module, structure: LayerStructure, plan: LayerPlan) -> None:
-    attn, mlp = adapter.attention(layer), adapter.mlp(layer)
-    device = attn.q.weight.device
-    removed_q = head_rows(_complement(plan.q_heads, structure.num_q_heads), structure.head_dim, device)
-    removed_kv = head_rows(_complement(plan.kv_heads, structure.num_kv_heads), structure.head_dim, device)
-    _zero_rows(attn.q, removed_q)
-    attn.o.weight.index_fill_(1, removed_q, 0.0)
-    _zero_rows(attn.k, removed_kv)
-    _zero_rows(attn.v, removed_kv)
-    removed_channels = torch.as_tensor(
-        _complement(plan.mlp_channels, structure.intermediate_size), dtype=torch.long, device=device
-    )
-    _zero_rows(mlp.gate, removed_channels)
-    _zero_rows(mlp.up, removed_channels)
-    mlp.down.weight.index_fill_(1, removed_channels, 0.0)
+    roles = adapter.roles(layer)
+    removed = _unit_indices(structure, plan, roles["q"].linear.weight.device, removed=True)
+    for role, projection in roles.items():
+        if role in OUTPUT_ROLES:
+            projection.linear.weight.index_fill_(1, removed[role], 0.0)
+        else:
+            _zero_rows(projection, removed[role])
 
 
 def _mask_whole_layer(adapter: DecoderAdapter, layer: nn.Module) -> None:
     """Zero the layer's two residual writers, making the layer the identity."""
-    for linear in (adapter.attention(layer).o, adapter.mlp(layer).down):
+    roles = adapter.roles(layer)
+    for role in OUTPUT_ROLES:
+        linear = roles[role].linear
         linear.weight.zero_()
         if linear.bias is not None:
             linear.bias.zero_()
@@ -114,34 +127,17 @@ def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: tor
 
 
 def _slice_layer(adapter: DecoderAdapter, layer: nn.Module, structure: LayerStructure, plan: LayerPlan) -> None:
-    attn, mlp = adapter.attention(layer), adapter.mlp(layer)
-    device = attn.q.weight.device
-    q_rows = head_rows(plan.q_heads, structure.head_dim, device)
-    kv_rows = head_rows(plan.kv_heads, structure.head_dim, device)
-    _slice_linear(attn.q, rows=q_rows)
-    _slice_linear(attn.k, rows=kv_rows)
-    _slice_linear(attn.v, rows=kv_rows)
-    _slice_linear(attn.o, cols=q_rows)
+    """Slice each Linear once: the kept rows of every role it holds, in row order, or the kept columns."""
+    groups = adapter.linears(layer)
+    kept = _unit_indices(structure, plan, groups[0][0].weight.device, removed=False)
+    for linear, held in groups:
+        output = [role for role in held if role in OUTPUT_ROLES]
+        if output:
+            _slice_linear(linear, cols=kept[output[0]])
+        else:
+            _slice_linear(linear, rows=torch.cat([kept[role] + p.start for role, p in held.items()]))
     adapter.set_attention_heads(layer, len(plan.q_heads), len(plan.kv_heads))
-    channels = torch.as_tensor(plan.mlp_channels, dtype=torch.long, device=device)
-    _slice_linear(mlp.gate, rows=channels)
-    _slice_linear(mlp.up, rows=channels)
-    _slice_linear(mlp.down, cols=channels)
     adapter.set_intermediate_size(layer, len(plan.mlp_channels))
-
-
-def _remove_layers(adapter: DecoderAdapter, removed: list[int]) -> None:
-    if not removed:
-        return
-    drop = set(removed)
-    layers = adapter.layers()
-    kept = [layer for i, layer in enumerate(layers) if i not in drop]
-    adapter.decoder().layers = nn.ModuleList(kept)
-    config = adapter.config
-    if getattr(config, "layer_types", None) is not None:
-        config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in drop]
-    config.num_hidden_layers = len(kept)
-    adapter.renumber_layers()
 
 
 def layer_sizes(adapter: DecoderAdapter) -> list[dict[str, object]]:
@@ -149,13 +145,12 @@ def layer_sizes(adapter: DecoderAdapter) -> list[dict[str, object]]:
     sizes = []
     for position, layer in enumerate(adapter.layers()):
         structure = adapter.layer_structure(position)
-        parts = {**vars(adapter.attention(layer)), **vars(adapter.mlp(layer))}
         sizes.append(
             {
                 "num_attention_heads": structure.num_q_heads,
                 "num_key_value_heads": structure.num_kv_heads,
                 "intermediate_size": structure.intermediate_size,
-                "biases": sorted(name for name, linear in parts.items() if linear.bias is not None),
+                "biases": sorted(role for role, p in adapter.roles(layer).items() if p.bias is not None),
             }
         )
     return sizes
@@ -176,19 +171,10 @@ def _record_sizes(adapter: DecoderAdapter, plan: PruningPlan) -> None:
     setattr(config, SIZES_KEY, sizes)
     config.rkuprune_kept_layers = [lp.index for lp in plan.layers]
     first = {k: v for k, v in sizes[0].items() if k != "biases"}
-    native = _native_biases(adapter)
+    native = adapter.native_bias_roles()
     extra_bias = any(set(s["biases"]) - native for s in sizes)
     if not extra_bias and all({k: v for k, v in s.items() if k != "biases"} == first for s in sizes):
         _set_uniform_sizes(config, first)
-
-
-def _native_biases(adapter: DecoderAdapter) -> set[str]:
-    """Projections that carry a bias in a layer built from the config alone (built on the meta device)."""
-    layer = adapter.layers()[0]
-    with torch.device("meta"):
-        fresh = type(layer)(adapter.config, 0)
-    parts = {**vars(adapter.attention(fresh)), **vars(adapter.mlp(fresh))}
-    return {name for name, linear in parts.items() if linear.bias is not None}
 
 
 def _set_uniform_sizes(config: PretrainedConfig, sizes: dict[str, object]) -> None:

@@ -110,8 +110,8 @@ class LoRARecovery(Recovery):
         adapter = adapter_for(model)
         wanted = set()
         for layer in adapter.layers():
-            parts = {**vars(adapter.attention(layer)), **vars(adapter.mlp(layer))}
-            wanted |= {id(linear) for role, linear in parts.items() if role in self.cfg.target_modules}
+            roles = adapter.roles(layer)  # a fused Linear is targeted when any of its roles is
+            wanted |= {id(p.linear) for role, p in roles.items() if role in self.cfg.target_modules}
         return [name for name, module in model.named_modules() if id(module) in wanted]
 
     def recover(self, model: nn.Module, tokenizer: Any, data: DataConfig) -> RecoveryResult:

@@ -63,8 +63,8 @@ def sites(model: nn.Module) -> list[Site]:
     adapter = adapter_for(model)
     found = []
     for index, layer in enumerate(adapter.layers()):
-        found.append(Site(index, "attention", adapter.attention(layer).o, adapter.head_dim))
-        found.append(Site(index, "mlp", adapter.mlp(layer).down, 1))
+        found.append(Site(index, "attention", adapter.attention(layer).o.linear, adapter.head_dim))
+        found.append(Site(index, "mlp", adapter.mlp(layer).down.linear, 1))
     return found
 
 
@@ -322,3 +322,29 @@ def run_sequential(
                     _call_layer(layer, h, call)
             after_layer(index)
             hidden = [_call_layer(layer, h, call) for h, call in zip(hidden, recorder.calls[index], strict=True)]
+
+
+def weight_saliency(
+    model: nn.Module, calibration: CalibrationSet | None, objective: Objective, roles: Sequence[str]
+) -> list[dict[str, torch.Tensor]]:
+    """Per layer and role, |W ⊙ ḡ| (at least fp32), ḡ the objective's gradient with respect to the role's
+    weight summed over the calibration batches (the objective is already a calibration mean).
+
+    Gradients are taken with respect to the Linears that hold the roles (once for a fused Linear) and
+    split into roles afterwards: a block of rows of a fused weight is not a leaf autograd can target.
+    """
+    adapter = adapter_for(model)
+    per_layer = [{r: p for r, p in adapter.roles(layer).items() if r in roles} for layer in adapter.layers()]
+    weights = list({id(p.linear.weight): p.linear.weight for held in per_layer for p in held.values()}.values())
+    totals = [wide(torch.zeros_like(w)) for w in weights]
+
+    def accumulate(grads: tuple[torch.Tensor, ...]) -> None:
+        for total, grad in zip(totals, grads, strict=True):
+            total += grad
+
+    run_calibration(model, calibration, objective=objective, weights=weights, on_weight_grads=accumulate)
+    mean_grad = {id(w): total for w, total in zip(weights, totals, strict=True)}
+    return [
+        {r: (wide(p.weight.detach()) * p.of(mean_grad[id(p.linear.weight)])).abs() for r, p in held.items()}
+        for held in per_layer
+    ]

@@ -21,17 +21,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import ConfigError
 from rkuprune.models.adapters import adapter_for
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
-from rkuprune.scoring.capture import run_calibration
-from rkuprune.scoring.objectives import OBJECTIVES, Objective, PerSampleMean, at_least_fp32
+from rkuprune.scoring.capture import weight_saliency
+from rkuprune.scoring.objectives import OBJECTIVES, Objective, PerSampleMean
 
 LOSS_WEIGHTINGS = ("per_sample", "pooled")
+SCORED_ROLES = ("q", "o", "gate", "up", "down")  # GISP scores a head by its q rows and o columns
 
 
 @dataclass
@@ -69,25 +69,11 @@ class GispScorer(Scorer):
     def score(self, model: nn.Module, calibration: CalibrationSet | None) -> Scores:
         adapter = adapter_for(model)
         structures = adapter.structures()
-        projections = []
-        for layer in adapter.layers():
-            attn, mlp = adapter.attention(layer), adapter.mlp(layer)
-            projections.append((attn.q, attn.o, mlp.gate, mlp.up, mlp.down))
-        weights = [linear.weight for group in projections for linear in group]
-        mean_grads = [at_least_fp32(torch.zeros_like(w)) for w in weights]
-
-        def accumulate(grads: tuple[torch.Tensor, ...]) -> None:
-            for total, grad in zip(mean_grads, grads, strict=True):
-                total += grad
-
         # The objective is already divided by the calibration's sample (or token) count: the sum is the mean.
-        run_calibration(model, calibration, objective=self.objective(), weights=weights, on_weight_grads=accumulate)
+        saliency = weight_saliency(model, calibration, self.objective(), SCORED_ROLES)
         layers = []
-        for index, s in enumerate(structures.layers):
-            group = slice(5 * index, 5 * index + 5)
-            q, o, gate, up, down = (
-                (w.detach().to(g.dtype) * g).abs() for w, g in zip(weights[group], mean_grads[group], strict=True)
-            )
+        for s, per_role in zip(structures.layers, saliency, strict=True):
+            q, o, gate, up, down = (per_role[role] for role in SCORED_ROLES)
             heads = q.view(s.num_q_heads, -1).sum(dim=1) + o.view(-1, s.num_q_heads, s.head_dim).sum(dim=(0, 2))
             channels = gate.sum(dim=1) + up.sum(dim=1) + down.sum(dim=0)
             layers.append(

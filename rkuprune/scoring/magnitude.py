@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
-from rkuprune.models.adapters import adapter_for
+from rkuprune.models.adapters import Projection, adapter_for
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
 from rkuprune.scoring.capture import wide
 
@@ -18,16 +18,16 @@ class MagnitudeConfig(ScorerConfig):
     name: str = "magnitude"
 
 
-def squared_row_norms(linear: nn.Linear) -> torch.Tensor:
-    """Per output row: sum of squared weights plus the squared bias (at least fp32)."""
-    sq = wide(linear.weight.detach()).pow(2).sum(dim=1)
-    if linear.bias is not None:
-        sq = sq + wide(linear.bias.detach()).pow(2)
+def squared_row_norms(projection: Projection) -> torch.Tensor:
+    """Per output row of a role: sum of squared weights plus the squared bias (at least fp32)."""
+    sq = wide(projection.weight.detach()).pow(2).sum(dim=1)
+    if projection.bias is not None:
+        sq = sq + wide(projection.bias.detach()).pow(2)
     return sq
 
 
-def squared_col_norms(linear: nn.Linear) -> torch.Tensor:
-    return wide(linear.weight.detach()).pow(2).sum(dim=0)
+def squared_col_norms(projection: Projection) -> torch.Tensor:
+    return wide(projection.weight.detach()).pow(2).sum(dim=0)
 
 
 def per_head(values: torch.Tensor, head_dim: int) -> torch.Tensor:

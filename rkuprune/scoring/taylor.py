@@ -36,9 +36,9 @@ from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import ConfigError
-from rkuprune.models.adapters import adapter_for
+from rkuprune.models.adapters import ROLES, adapter_for
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
-from rkuprune.scoring.capture import run_calibration, wide
+from rkuprune.scoring.capture import weight_saliency
 from rkuprune.scoring.objectives import OBJECTIVES
 
 SCOPES = ("global", "layer")
@@ -64,27 +64,10 @@ class TaylorScorer(Scorer):
         self.check()
         adapter = adapter_for(model)
         structures = adapter.structures()
-        linears = []
-        for layer in adapter.layers():
-            attn, mlp = adapter.attention(layer), adapter.mlp(layer)
-            linears.append((attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down))
-        weights = [linear.weight for group in linears for linear in group]
-        mean_grads = [wide(torch.zeros_like(w)) for w in weights]
-
-        def accumulate(grads: tuple[torch.Tensor, ...]) -> None:
-            for total, grad in zip(mean_grads, grads, strict=True):
-                total += grad
-
-        # The objective is already divided by the calibration's token count, so the sum is the mean.
-        run_calibration(
-            model, calibration, objective=OBJECTIVES["lm_loss"], weights=weights, on_weight_grads=accumulate
-        )
+        saliency = weight_saliency(model, calibration, OBJECTIVES["lm_loss"], ROLES)
         scores = []
-        for index, s in enumerate(structures.layers):
-            group = slice(7 * index, 7 * index + 7)
-            q, k, v, o, gate, up, down = (
-                (wide(w.detach()) * g).abs() for w, g in zip(weights[group], mean_grads[group], strict=True)
-            )
+        for s, per_role in zip(structures.layers, saliency, strict=True):
+            q, k, v, o, gate, up, down = (per_role[role] for role in ROLES)
             heads = q.view(s.num_q_heads, -1).sum(dim=1) + o.view(-1, s.num_q_heads, s.head_dim).sum(dim=(0, 2))
             kv = (k + v).view(s.num_kv_heads, -1).sum(dim=1)
             heads += kv.repeat_interleave(s.group_size) / s.group_size
