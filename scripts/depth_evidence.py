@@ -46,6 +46,15 @@ CELLS = [
 log = logging.getLogger("depth_evidence")
 
 
+def parse_cells(text: str) -> list[tuple[str, str, float, bool]]:
+    """``rku:q_head:0.3:lora,shortgpt:layer:0.2`` -> cells as in ``CELLS``."""
+    cells = []
+    for item in text.split(","):
+        scorer, granularity, target, *rest = item.split(":")
+        cells.append((scorer, granularity, float(target), rest == ["lora"]))
+    return cells
+
+
 def compose_run(overrides: list[str]) -> RunConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return OmegaConf.to_object(compose(config_name="config", overrides=overrides))
@@ -55,6 +64,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--recovery", default="recovery=lora", help="recovery overrides, space-separated")
+    parser.add_argument(
+        "--cells",
+        type=parse_cells,
+        default=CELLS,
+        help="scorer:granularity:sparsity[:lora],... (default: the grid above); one-shot scorers only",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides shared by every cell")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -68,7 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:  # evaluate_dense records into a run record
         dense = evaluate_dense(stages.tasks, loaded, cfg, EvalContext(), RunRecord(Path(scratch), {}, ""))
     scores = {}
-    for scorer, granularity, target, recover in CELLS:
+    for scorer, granularity, target, recover in args.cells:
         cell = [f"scorer={scorer}", f"pruning.granularity={granularity}", f"pruning.sparsity={target}"]
         run_cfg = compose_run([*base, *cell, *(args.recovery.split() if recover else [])])
         run_stages = prepare(run_cfg)
