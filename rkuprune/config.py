@@ -48,10 +48,26 @@ class RunConfig:
     tags: list[str] = field(default_factory=list)
 
 
+# File systems refuse names over 255 bytes; a sweep job's folder is named by its overrides.
+MAX_DIRNAME_BYTES = 200
+
+
+def job_dirname(overrides: str) -> str:
+    """A sweep job's folder name: its overrides, or where they are too long for one file name, their
+    start and a hash of all of them, so that a rerun still finds (and skips) the same job's folder."""
+    raw = overrides.encode()
+    if len(raw) <= MAX_DIRNAME_BYTES:
+        return overrides
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    return f"{raw[: MAX_DIRNAME_BYTES - 17].decode(errors='ignore')}-{digest}"
+
+
 def register_configs() -> None:
     # A short random id in the default run folder: two runs started in the same instant never share one.
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("job_dirname"):
+        OmegaConf.register_new_resolver("job_dirname", job_dirname)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RunConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)

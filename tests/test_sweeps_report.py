@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from rkuprune import cli, pipeline
+from rkuprune.config import job_dirname
 from rkuprune.report.__main__ import main as report_main
 from rkuprune.report.plots import read_series
 from rkuprune.report.tables import shown
@@ -132,3 +133,23 @@ def test_slurm_launcher_config_composes() -> None:
         cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_job_folder_names_fit_a_file_name_and_stay_stable() -> None:
+    short = "model=tiny-llama,pruning.sparsity=0.2"
+    assert job_dirname(short) == short
+    long = ",".join(f"recovery.field_{i}=value_{i}" for i in range(20))
+    name = job_dirname(long)
+    assert len(name.encode()) <= 200 and name.startswith("recovery.field_0=value_0")
+    assert job_dirname(long) == name  # a rerun finds the same folder
+    assert job_dirname(long.replace("value_19", "value_X")) != name
+
+
+def test_a_sweep_with_long_overrides_runs_and_a_rerun_skips_it(tmp_path, monkeypatch, capsys) -> None:
+    """A GISP + LoRA sweep's overrides once made a folder name longer than 255 bytes (OSError)."""
+    args = [*sweep_args(tmp_path / "long"), "scorer=random", "pruning.sparsity=0.2", f"+tags=[{'x' * 260}]"]
+    multirun(args, monkeypatch, capsys)
+    (result,) = [p for p in (tmp_path / "long").rglob("results.json")]
+    assert len(result.parent.name.encode()) <= 200
+    assert json.loads(result.read_text())["status"] == "completed"
+    assert multirun(args, monkeypatch, capsys).count("skipped:") == 1
