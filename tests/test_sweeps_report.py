@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from rkuprune import cli, pipeline
 from rkuprune.config import job_dirname
 from rkuprune.report.__main__ import main as report_main
+from rkuprune.report.collect import variant_label
 from rkuprune.report.plots import read_series
 from rkuprune.report.tables import shown
 from tests.conftest import CONF
@@ -153,3 +154,23 @@ def test_a_sweep_with_long_overrides_runs_and_a_rerun_skips_it(tmp_path, monkeyp
     assert len(result.parent.name.encode()) <= 200
     assert json.loads(result.read_text())["status"] == "completed"
     assert multirun(args, monkeypatch, capsys).count("skipped:") == 1
+
+
+def test_a_switched_config_group_is_labelled_by_its_name_and_its_own_differences() -> None:
+    def run(granularity: str, recovery: str, **fields: object) -> dict[str, object]:
+        return {
+            "pruning.granularity": granularity,
+            "recovery.name": recovery,
+            **{f"recovery.{k}": v for k, v in fields.items()},
+        }
+
+    plain = run("q_head", "none")
+    short = run("q_head", "lora", steps=80, rank=8)
+    long = run("q_head", "lora", steps=200, rank=8)
+    layer = run("layer", "none")
+    peers = [plain, short, long, layer]
+    assert variant_label(plain, peers) == "granularity=q_head, recovery=none"
+    assert variant_label(short, peers) == "granularity=q_head, recovery=lora, steps=80"
+    assert variant_label(long, peers) == "granularity=q_head, recovery=lora, steps=200"
+    assert variant_label(layer, peers) == "granularity=layer, recovery=none"
+    assert variant_label(plain, [plain]) == ""

@@ -57,6 +57,31 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _differs(key: str, runs: list[dict[str, Any]]) -> bool:
+    return len({json.dumps(f.get(key), default=str) for f in runs}) > 1
+
+
+def variant_label(flat: dict[str, Any], peers: list[dict[str, Any]]) -> str:
+    """What else differs between runs of one model and scorer (e.g. the calibration), as a short label.
+
+    A config group whose ``name`` differs is shown as ``group=name`` alone: the fields of ``recovery=lora``
+    differ from ``recovery=none`` only because the group changed. Its other fields are shown when they
+    differ between peers of the same group choice (``steps=80`` against ``steps=200``)."""
+    keys = [k for k in flat if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES) and _differs(k, peers)]
+    switched = {k.rsplit(".", 1)[0] for k in keys if k.count(".") == 1 and k.endswith(".name")}
+    parts = []
+    for key in sorted(keys):
+        group = key.split(".", 1)[0]
+        if group in switched:
+            if key == f"{group}.name":
+                parts.append(f"{group}={flat[key]}")
+            elif _differs(key, [f for f in peers if f.get(f"{group}.name") == flat[f"{group}.name"]]):
+                parts.append(f"{key.split('.', 1)[-1]}={flat[key]}")
+        else:
+            parts.append(f"{key.split('.', 1)[-1]}={flat[key]}")
+    return ", ".join(parts)
+
+
 def collect(folder: Path) -> Collection:
     """Load completed runs; corrupt, failed, incomplete or malformed files are named in ``skipped`` and
     passed over (``read_results`` says why). NaN or infinite metrics come back as floats and show as such."""
@@ -68,25 +93,16 @@ def collect(folder: Path) -> Collection:
             found.skipped.append(f"{path}: {problem}")
             continue
         raw.append((path, results))
-    # A variant is whatever else differs between runs of the same model and scorer (e.g. the calibration).
     flats = {path: _flatten(results["config"]) for path, results in raw}
     for path, results in raw:
         model, scorer = results["model"]["name"], results["pruning"]["scorer"]
         peers = [flats[p] for p, r in raw if r["model"]["name"] == model and r["pruning"]["scorer"] == scorer]
-        keys = sorted(
-            k
-            for k in flats[path]
-            if k not in IGNORED_KEYS
-            and not k.startswith(IGNORED_PREFIXES)
-            and len({json.dumps(f.get(k), default=str) for f in peers}) > 1
-        )
-        variant = ", ".join(f"{k.split('.', 1)[-1]}={flats[path][k]}" for k in keys)
         found.runs.append(
             Run(
                 path=path,
                 model=model,
                 scorer=scorer,
-                variant=variant,
+                variant=variant_label(flats[path], peers),
                 target=float(results["pruning"]["target_sparsity"]),
                 measured=float(results["pruning"]["measured_sparsity"]),
                 metrics={
