@@ -1,6 +1,9 @@
 """The pruning pipeline, stage after stage as in DESIGN.md section 1:
 
 config -> load model -> build calibration -> score -> allocate -> apply (slice) -> (recover) -> evaluate -> record
+
+With ``benchmark.judge`` on, evaluation ends with the LLM judge, loaded once for the generations of the
+dense, before-recovery and pruned evaluations (rkuprune/evaluation/judge.py).
 """
 
 from __future__ import annotations

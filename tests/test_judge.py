@@ -163,13 +163,17 @@ def test_a_run_reports_judge_accuracy_for_the_pruned_and_the_dense_model(tmp_pat
     folder = bigram_judge(tmp_path / "judge")
     args = ["benchmark.judge.model.source=hub", f"benchmark.judge.model.path={folder}"]
     args += ["benchmark.judge.model.dtype=float32", "benchmark.judge.model.device=cpu"]
+    args += ["recovery=lora", "recovery.steps=1", "recovery.batch_size=2", "recovery.seqlen=32"]
     run = judged_run(tmp_path, monkeypatch, capsys, args)
     results, rows = run["results"], run["rows"]
     assert [row["judge_output"] for row in rows] == [VERDICT] * 3
     assert results["metrics"]["acc/synthetic/judge"] == sum(r["judge_correct"] for r in rows) / len(rows) == 1.0
     assert results["dense_metrics"]["acc/synthetic/judge"] == 1.0
+    assert results["metrics_before_recovery"]["acc/synthetic/judge"] == 1.0
     assert "acc/synthetic" in results["metrics"]  # the regex score stays
-    assert results["evaluation"]["synthetic"]["judge_unparsed"] == {"dense": 0, "pruned": 0}
+    phases = {"dense": 0, "before_recovery": 0, "pruned": 0}
+    assert results["evaluation"]["synthetic"]["judge_unparsed"] == phases
+    assert run["log"].count("loading the judge") == 1  # one load for the three phases' generations
     assert results["evaluation"]["synthetic"]["judge"]["model"]["path"] == str(folder)
     # The dense values were cached once judged, judge metric included.
     cached = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "dense").glob("*.json")]
