@@ -198,3 +198,13 @@ def test_a_bad_judge_setting_stops_the_run_before_any_model_loads(tmp_path, monk
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: benchmark.judge.model.dtype: 'float8'"), err
     assert not (run_dir / "results.json").exists()
+
+
+def test_a_local_judge_without_a_chat_template_is_refused_before_loading(tmp_path) -> None:
+    tiny("tiny-llama").model.save_pretrained(tmp_path)
+    tokenizer = byte_tokenizer()
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path)
+    model = model_config("tiny-llama", source="hub", path=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^benchmark\.judge\.model: 'tiny-llama' has no chat template"):
+        build_tasks(synthetic_suite(enabled=True, model=model), DataConfig())

@@ -108,7 +108,12 @@ def check(cfg: JudgeConfig) -> None:
             raise ConfigError(f"{FIELD}.{name}", f"must be at least 1, got {getattr(cfg, name)}")
     check_model_config(cfg.model, f"{FIELD}.model")
     peeked = peek_model(cfg.model)
-    if peeked is not None and not getattr(peeked[1], "chat_template", None):
+    if peeked is not None:
+        require_chat_template(peeked[1], cfg)
+
+
+def require_chat_template(tokenizer: Any, cfg: JudgeConfig) -> None:
+    if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
             f"{FIELD}.model", f"'{cfg.model.name}' has no chat template; the judge is asked in chat turns"
         )
@@ -210,6 +215,7 @@ class JudgeQueue:
         model, tokenizer = loaded.model, loaded.tokenizer
         del loaded
         try:
+            require_chat_template(tokenizer, cfg)  # a hub judge could not be checked before it loaded
             extra = {} if cfg.enable_thinking is None else {"enable_thinking": cfg.enable_thinking}
             prompts = [
                 tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True, **extra)
