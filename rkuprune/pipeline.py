@@ -1,6 +1,9 @@
 """The pruning pipeline, stage after stage as in DESIGN.md section 1:
 
 config -> load model -> build calibration -> score -> allocate -> apply (slice) -> (recover) -> evaluate -> record
+
+With ``benchmark.judge`` on, evaluation ends with the LLM judge, loaded once for the generations of the
+dense, before-recovery and pruned evaluations (rkuprune/evaluation/judge.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationSet, Calib
 from rkuprune.errors import ConfigError
 from rkuprune.evaluation import speed
 from rkuprune.evaluation.base import EvalContext, Task, build_tasks, derived_metrics
+from rkuprune.evaluation.judge import JudgeQueue, free_accelerator_memory
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.io import save_pruned
 from rkuprune.models.loading import LoadedModel, cache_dir, check_model_config, load_model, peek_model
@@ -111,7 +115,8 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
     record.update("evaluation", {key: task.settings() for key, task in stages.tasks.items()})
     tags = [cfg.model.name, cfg.scorer.name, cfg.calibration.name, *cfg.tags]
     stages.tracker.start(run_dir, config, name=run_dir.name, group=cfg.sweep_name, tags=tags)
-    ctx = EvalContext(run_dir=run_dir, tracker=stages.tracker, seed=cfg.seed)
+    queue = JudgeQueue(cfg.benchmark.judge) if cfg.benchmark.judge.enabled else None
+    ctx = EvalContext(run_dir=run_dir, tracker=stages.tracker, seed=cfg.seed, judge=queue)
     try:
         log.info("loading %s (source %s, %s on %s)", cfg.model.name, cfg.model.source, cfg.model.dtype, where(cfg))
         with record.timed("load_s"):
@@ -135,9 +140,10 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
             prune(cfg, loaded, plan, record, stages.scorer)
         log.info("sliced: measured sparsity %.4f", plan.measured_sparsity)
         record_speed(cfg.benchmark.speed, loaded, dense_speed, record)
-        recover(cfg, loaded, stages, record)
+        recover(cfg, loaded, stages, record, ctx)
         with record.timed("eval_s"):
             metrics = evaluate(stages.tasks, loaded, ctx)
+        judge(queue, loaded, metrics, dense, record)
         finish(cfg, loaded, plan, metrics, dense, record, stages.tracker, run_dir)
     except BaseException as exc:
         record.fail(exc)
@@ -363,12 +369,12 @@ def prune(cfg: RunConfig, loaded: LoadedModel, plan: PruningPlan, record: RunRec
     )
 
 
-def recover(cfg: RunConfig, loaded: LoadedModel, stages: Stages, record: RunRecord) -> None:
+def recover(cfg: RunConfig, loaded: LoadedModel, stages: Stages, record: RunRecord, ctx: EvalContext) -> None:
     """Evaluate the pruned model, then fine-tune it (merged into plain weights) when a recovery is set."""
     if not stages.recovery.active:
         return
     with record.timed("eval_before_recovery_s"):
-        before = evaluate(stages.tasks, loaded, EvalContext(run_dir=None, tracker=None, seed=cfg.seed))
+        before = evaluate(stages.tasks, loaded, EvalContext(seed=cfg.seed, judge=ctx.judge, phase="before_recovery"))
     record.data["metrics_before_recovery"] = before
     with record.timed("recover_s"):
         result = stages.recovery.recover(loaded.model, loaded.tokenizer, cfg.data)
@@ -398,7 +404,7 @@ def evaluate_dense(
     fingerprint of the loaded weights, so new weights behind the same config are evaluated afresh."""
     dense: dict[str, float] = {}
     weights = weights_fingerprint(loaded.model) if cfg.dense_cache else ""
-    dense_ctx = EvalContext(run_dir=None, tracker=None, seed=ctx.seed)
+    dense_ctx = EvalContext(seed=ctx.seed, judge=ctx.judge, phase="dense")
     with record.timed("dense_eval_s"):
         for name, task in tasks.items():
             key = config_hash(
@@ -412,12 +418,43 @@ def evaluate_dense(
                 continue
             log.info("evaluating the dense model: %s", name)
             values = task.evaluate(loaded.model, loaded.tokenizer, dense_ctx)
-            if cfg.dense_cache:
+            waiting = ctx.judge.waiting("dense", name) if ctx.judge is not None else None
+            if cfg.dense_cache and waiting is not None:  # cached once judged, with the judge's metrics
+                waiting.then.append(
+                    lambda result, path=path, values=values: write_json(path, {**values, **result.metrics})
+                )
+            elif cfg.dense_cache:
                 write_json(path, values)
             dense.update(values)
     dense.update(derived_metrics(dense))
     record.update("dense_metrics", dense)
     return dense
+
+
+def judge(
+    queue: JudgeQueue | None, loaded: LoadedModel, metrics: dict[str, float], dense: dict[str, float], record: RunRecord
+) -> None:
+    """Answer the judge queue with one load of the judge, once every generation it judges exists, and add
+    the judge's metrics to the pruned, dense and before-recovery metrics. The evaluated model is moved to
+    the CPU first when it sits whole on an accelerator, so that only the judge holds its memory."""
+    if queue is None or not queue.requests:
+        return
+    model = loaded.model
+    if getattr(model, "hf_device_map", None) is None and next(model.parameters()).device.type != "cpu":
+        log.info("moving the evaluated model to the CPU while the judge runs")
+        model.to("cpu")
+        free_accelerator_memory()
+    before = record.data.get("metrics_before_recovery")
+    phases = {"pruned": metrics, "dense": dense, **({"before_recovery": before} if before is not None else {})}
+    with record.timed("judge_s"):
+        answered = queue.answer()
+    for request, result in answered:
+        phases[request.phase].update(result.metrics)
+        unparsed = record.data["evaluation"][request.task].setdefault("judge_unparsed", {})
+        unparsed[request.phase] = result.unparsed
+    record.update("dense_metrics", dense)
+    if before is not None:
+        record.update("metrics_before_recovery", before)
 
 
 def read_dense_cache(path: Path) -> dict[str, float] | None:

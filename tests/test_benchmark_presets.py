@@ -11,7 +11,9 @@ from tests.test_app import compose_run, run_cli
 
 def test_resp_protocol_has_resps_published_settings() -> None:
     run = compose_run(["benchmark=resp_protocol"])
-    assert run.benchmark.judge.enabled is False and run.benchmark.judge.model == "Qwen/Qwen3-30B-A3B"
+    judge = run.benchmark.judge  # off; when on, RESP's judge: Qwen3-30B-A3B-Instruct-2507, greedy, 150 tokens
+    assert judge.enabled is False and judge.model.path == "Qwen/Qwen3-30B-A3B-Instruct-2507"
+    assert judge.max_new_tokens == 150 and judge.enable_thinking is None
     for key in ("gsm8k", "mathqa"):
         task = run.benchmark.tasks[key]
         assert task["chat"] is True and task["enable_thinking"] is True and task["do_sample"] is True
@@ -38,7 +40,10 @@ def test_suites_with_gold_solution_perplexity(benchmark: str) -> None:
     ("args", "message"),
     [
         (["benchmark=offline_plus"], "error: data.root: benchmark.tasks.gsm8k_solution.dataset=gsm8k needs gsm8k/test"),
-        (["benchmark=resp_protocol", "benchmark.judge.enabled=true"], "error: benchmark.judge.enabled: LLM judging"),
+        (
+            ["benchmark=resp_protocol", "benchmark.judge.enabled=true", "benchmark.judge.batch_size=0"],
+            "error: benchmark.judge.batch_size: must be at least 1",
+        ),
     ],
 )
 def test_refused_before_the_model_loads(args, message, tmp_path, monkeypatch, capsys) -> None:

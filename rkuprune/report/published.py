@@ -20,18 +20,24 @@ class Published:
     value: float
     # How the paper scored it when that differs from how we score it (footnoted beside our value).
     note: str = ""
+    # Scored by an LLM judge: shown beside our judge column (``<metric>/judge``) without the note when a run
+    # has one (benchmark.judge.enabled=true), else beside the regex score with the note.
+    judged: bool = False
 
 
-# RESP judged its answers with an LLM; our runs report lm-eval regex scores (benchmark.judge is off).
-RESP_JUDGED = "judge-scored: RESP's accuracies were judged by an LLM (Qwen3-30B-A3B); ours use lm-eval's regex rules"
+# RESP judged its answers with an LLM; runs with benchmark.judge off report lm-eval regex scores only.
+RESP_JUDGED = (
+    "judge-scored: RESP's accuracies were judged by an LLM (Qwen3-30B-A3B-Instruct-2507); "
+    "ours use lm-eval's regex rules (benchmark.judge.enabled=true adds a judge column)"
+)
 
 
 PUBLISHED: tuple[Published, ...] = (
     # The RKU paper gives 13.34 for "Qwen-2.5-7B / LLaMA-3-8B" without saying which: listed for both.
     Published("RKU (arXiv 2605.09008)", "qwen2.5-7b", "rku", 0.4, "acc/gsm8k", 13.34),
     Published("RKU (arXiv 2605.09008)", "llama3-8b", "rku", 0.4, "acc/gsm8k", 13.34),
-    Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/gsm8k", 81.3, RESP_JUDGED),
-    Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/mathqa", 59.6, RESP_JUDGED),
+    Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/gsm8k", 81.3, RESP_JUDGED, judged=True),
+    Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/mathqa", 59.6, RESP_JUDGED, judged=True),
     Published("GISP README", "llama3-8b", "wanda_sp", 0.4, "ppl/wikitext2@128", 81.67),
     Published("GISP README", "llama3-8b", "gisp", 0.4, "ppl/wikitext2@128", 46.10),
 )

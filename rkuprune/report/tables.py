@@ -1,6 +1,8 @@
 """Sweep tables: rows = model and scorer (variant), columns = target sparsity x metric, a dense row per
 model, and the published value beside ours where model, method, sparsity and metric match; a published
-value scored differently from ours (RESP's LLM judge) carries a footnote mark."""
+value scored differently from ours carries a footnote mark. RESP's judge-scored accuracies sit beside a
+run's judge column (``acc/<task>/judge``) when it has one, unmarked, and otherwise beside the regex score
+with the mark."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import csv
 import io
 from dataclasses import dataclass, field
 
-from rkuprune.report.collect import Collection
-from rkuprune.report.published import published_value
+from rkuprune.evaluation.judge import judge_key
+from rkuprune.report.collect import Collection, Run
+from rkuprune.report.published import Published, published_value
 
 PERCENT_PREFIXES = ("acc/", "mean3")
 
@@ -53,10 +56,10 @@ def build_table(collection: Collection) -> Table:
             for run in (r for r in runs if r.label == label):
                 for metric in metrics:
                     text = shown(metric, run.metrics.get(metric))
-                    paper = published_value(model, run.scorer, run.target, metric)
+                    paper, same_scoring = paper_beside(run, metric)
                     if paper is not None:
                         mark = ""
-                        if paper.note:
+                        if paper.note and not same_scoring:
                             if paper.note not in notes:
                                 notes.append(paper.note)
                             mark = f"[{notes.index(paper.note) + 1}]"
@@ -64,6 +67,17 @@ def build_table(collection: Collection) -> Table:
                     cells[(run.target, metric)] = text
             rows.append((model, label, cells))
     return Table(columns, rows, notes)
+
+
+def paper_beside(run: Run, metric: str) -> tuple[Published | None, bool]:
+    """The published value shown in this run's ``metric`` cell, and whether it was scored as ours (then it
+    carries no note). A judge-scored value goes beside the run's judge column when the run has one."""
+    base = metric.removesuffix("/judge")
+    paper = published_value(run.model, run.scorer, run.target, base)
+    judged_here = paper is not None and paper.judged and judge_key(base) in run.metrics
+    if metric != base:  # a judge column
+        return (paper, True) if judged_here else (None, False)
+    return (None, False) if judged_here else (paper, False)
 
 
 def footnotes(table: Table) -> list[str]:
