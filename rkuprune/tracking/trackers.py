@@ -1,15 +1,17 @@
 """Experiment trackers. W&B runs offline unless ``logger.mode=online``; a tracker never fails a run:
-if W&B cannot start or log, the run goes on and says so once on stderr."""
+if W&B cannot start or log, the run goes on and logs a warning saying so."""
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rkuprune.errors import ConfigError
 from rkuprune.registry import Registry
+
+log = logging.getLogger(__name__)
 
 MODES = ("offline", "online", "disabled")
 
@@ -61,7 +63,7 @@ TRACKERS.register("none", LoggerConfig)(Tracker)
 
 
 def _warn(what: str, exc: BaseException) -> None:
-    print(f"warning: W&B {what} failed ({type(exc).__name__}: {exc}); the run continues without it", file=sys.stderr)
+    log.warning("W&B %s failed (%s: %s); the run continues without it", what, type(exc).__name__, exc)
 
 
 @TRACKERS.register("wandb", LoggerConfig)
