@@ -26,7 +26,7 @@ from rkuprune.models.adapters import adapter_for
 from rkuprune.models.io import save_pruned
 from rkuprune.models.loading import LoadedModel, cache_dir, check_model_config, load_model, peek_model
 from rkuprune.models.params import count_params, sparsity, total_reduction, weights_fingerprint
-from rkuprune.models.plan import PruningPlan
+from rkuprune.models.plan import UNIT_LABELS, PruningPlan
 from rkuprune.models.structures import Structures
 from rkuprune.models.surgery import apply_plan
 from rkuprune.recovery import RECOVERY, Recovery
@@ -192,23 +192,12 @@ def record_scoring_rate(calibration: CalibrationSet | None, record: RunRecord) -
 
 def removed_summary(plan: PruningPlan, structures: Structures) -> str:
     """Removed query heads, KV heads, MLP channels and whole layers, out of the dense totals."""
-    kept = {lp.index: lp for lp in plan.layers}
-    removed_layers = set(plan.removed_layers)
-    totals = {"query heads": 0, "KV heads": 0, "MLP channels": 0}
-    removed = dict.fromkeys(totals, 0)
-    for layer in structures.layers:
-        sizes = {
-            "query heads": layer.num_q_heads,
-            "KV heads": layer.num_kv_heads,
-            "MLP channels": layer.intermediate_size,
-        }
-        lp = None if layer.index in removed_layers else kept.get(layer.index)
-        left = {"query heads": lp.q_heads, "KV heads": lp.kv_heads, "MLP channels": lp.mlp_channels} if lp else {}
-        for kind, size in sizes.items():
-            totals[kind] += size
-            removed[kind] += size - len(left.get(kind, []))
-    parts = [f"{removed[k]}/{totals[k]} {k}" for k in totals]
-    return ", ".join(parts) + f", {len(removed_layers)}/{len(structures.layers)} layers removed"
+    kept, dense = plan.layer_counts(), PruningPlan.dense(structures).layer_counts()
+    parts = []
+    for field, label in UNIT_LABELS.items():
+        total = sum(getattr(c, field) for c in dense)
+        parts.append(f"{total - sum(getattr(c, field) for c in kept)}/{total} {label}")
+    return ", ".join(parts) + f", {sum(c.removed for c in kept)}/{len(structures)} layers removed"
 
 
 def measure_speed(cfg: speed.SpeedConfig, loaded: LoadedModel, which: str) -> dict[str, Any] | None:
