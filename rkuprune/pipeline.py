@@ -5,7 +5,6 @@ config -> load model -> build calibration -> score -> allocate -> apply (slice) 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -13,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from rkuprune.allocation import allocate, check_feasible
-from rkuprune.allocation.schedule import Trajectory, run_iterative, trajectory_end
+from rkuprune.allocation.schedule import Trajectory, run_iterative, trajectory_end, trajectory_path
 from rkuprune.config import RunConfig, config_hash
 from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationSet, CalibrationSource
 from rkuprune.errors import ConfigError
@@ -35,7 +33,6 @@ from rkuprune.scoring.base import SCORERS, Scorer
 from rkuprune.tracking.atomic import write_json
 from rkuprune.tracking.records import RESULTS_FILE, RunRecord, read_results
 from rkuprune.tracking.trackers import TRACKERS, Tracker
-from rkuprune.versions import versions
 
 log = logging.getLogger(__name__)
 
@@ -286,34 +283,6 @@ def select_units(
     if not cached and step != trajectory.steps:  # the model is masked further: slice the plan from the dense weights
         loaded = load_model(cfg.model)
     return trajectory.plan(step), loaded
-
-
-def trajectory_path(cfg: RunConfig, weights: str) -> Path | None:
-    """Where the trajectory of these weights, scorer, calibration and schedule is cached (None: caching off).
-
-    The target is not part of the key when the trajectory has a fixed end, so every target of a
-    sweep reads the same file. The package's source and versions are part of it: a trajectory is
-    reused only by the code that made it.
-    """
-    if not cfg.pruning.trajectory_cache:
-        return None
-    schedule = OmegaConf.to_container(OmegaConf.structured(cfg.pruning))
-    for name in ("sparsity", "milestones", "trajectory_cache"):
-        schedule.pop(name)
-    schedule["trajectory_end"] = trajectory_end(cfg.pruning)
-    parts = {"pruning": schedule, "data": str(cfg.data.root), "seed": cfg.seed, "code": source_digest(), **versions()}
-    parts["weights"] = weights
-    for group in ("model", "scorer", "calibration"):
-        parts[group] = OmegaConf.to_container(OmegaConf.structured(getattr(cfg, group)))
-    return cache_dir() / "trajectories" / f"{config_hash(parts)}.json"
-
-
-def source_digest() -> str:
-    """A hash of every Python file of the package."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def prune(cfg: RunConfig, loaded: LoadedModel, plan: PruningPlan, record: RunRecord, scorer: Scorer) -> None:
