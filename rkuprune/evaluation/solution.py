@@ -29,6 +29,7 @@ from rkuprune.data.reasoning import Question
 from rkuprune.data.sources import require_available
 from rkuprune.errors import ConfigError, DataError
 from rkuprune.evaluation.base import TASKS, EvalContext, Task, TaskConfig
+from rkuprune.evaluation.perplexity import upcast
 from rkuprune.evaluation.reasoning import format_answer, format_question
 
 # The evaluated split of each dataset (synthetic: the held-out test problems).
@@ -85,8 +86,7 @@ def solution_nll(model: nn.Module, items: list[Scored], batch_size: int) -> tupl
             mask[row, : len(item.ids)] = 1
             counted[row, item.start : len(item.ids)] = True
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        # half-precision logits are raised to float32; a float64 model keeps float64
-        logp = torch.log_softmax(logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        logp = torch.log_softmax(upcast(logits[:, :-1]), dim=-1)
         target = ids[:, 1:].to(device)
         nll = -logp.gather(-1, target[..., None])[..., 0]
         keep = counted[:, 1:].to(device)
