@@ -14,9 +14,10 @@ from rkuprune.data.synthetic import word_problems
 from rkuprune.errors import ConfigError
 from rkuprune.evaluation import perplexity as perplexity_module
 from rkuprune.evaluation.base import BenchmarkConfig, EvalContext, build_tasks
-from rkuprune.evaluation.perplexity import evaluation_text, perplexity, token_stream, upcast
+from rkuprune.evaluation.perplexity import evaluation_text, perplexity, token_stream
 from rkuprune.evaluation.solution import solution_nll, solution_tokens
 from rkuprune.models.tokenizer import byte_tokenizer
+from rkuprune.precision import at_least_fp32
 from tests.conftest import SHARED_DATA, in_float64, tiny
 
 
@@ -127,7 +128,7 @@ def test_half_precision_logits_are_raised_to_float32_and_float64_stays() -> None
         (torch.float32, torch.float32),
         (torch.float64, torch.float64),
     ]:
-        assert upcast(torch.zeros(2, 3, dtype=dtype)).dtype == expected
+        assert at_least_fp32(torch.zeros(2, 3, dtype=dtype)).dtype == expected
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from rkuprune.data import sources
 from rkuprune.errors import ConfigError
 from rkuprune.evaluation.base import TASKS, EvalContext, Task, TaskConfig
+from rkuprune.precision import at_least_fp32
 
 DATASETS = ("wikitext2", "c4", "pydoc")
 
@@ -54,12 +55,6 @@ def token_stream(tokenizer: Any, text: str) -> torch.Tensor:
     return torch.tensor(([bos] if bos is not None else []) + list(ids), dtype=torch.long)
 
 
-def upcast(logits: torch.Tensor) -> torch.Tensor:
-    """Logits in the dtype the NLL is taken in: half precision is raised to float32 (a vocabulary-wide
-    log-softmax in bf16 loses digits), a float64 model keeps float64 (exact comparisons need it)."""
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-
 @torch.no_grad()
 def perplexity(model: nn.Module, ids: torch.Tensor, seqlen: int, max_windows: int | None, batch_size: int) -> float:
     """exp of the mean next-token NLL over non-overlapping windows of ``seqlen`` tokens."""
@@ -71,7 +66,7 @@ def perplexity(model: nn.Module, ids: torch.Tensor, seqlen: int, max_windows: in
     total_nll, total_tokens = 0.0, 0
     for start in tqdm(range(0, n, batch_size), desc=f"ppl@{seqlen}", leave=False, disable=n < 4):
         batch = windows[start : start + batch_size].to(device)
-        logits = upcast(model(input_ids=batch).logits)
+        logits = at_least_fp32(model(input_ids=batch).logits)
         nll = nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
         )

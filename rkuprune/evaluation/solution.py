@@ -29,8 +29,8 @@ from rkuprune.data.reasoning import Question
 from rkuprune.data.sources import require_available
 from rkuprune.errors import ConfigError, DataError
 from rkuprune.evaluation.base import TASKS, EvalContext, Task, TaskConfig
-from rkuprune.evaluation.perplexity import upcast
 from rkuprune.evaluation.reasoning import format_answer, format_question
+from rkuprune.precision import at_least_fp32
 
 # The evaluated split of each dataset (synthetic: the held-out test problems).
 SPLITS = {"gsm8k": "test", "mathqa": "test", "aqua": "test", "synthetic": "test"}
@@ -86,7 +86,7 @@ def solution_nll(model: nn.Module, items: list[Scored], batch_size: int) -> tupl
             mask[row, : len(item.ids)] = 1
             counted[row, item.start : len(item.ids)] = True
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logp = torch.log_softmax(upcast(logits[:, :-1]), dim=-1)
+        logp = torch.log_softmax(at_least_fp32(logits[:, :-1]), dim=-1)
         target = ids[:, 1:].to(device)
         nll = -logp.gather(-1, target[..., None])[..., 0]
         keep = counted[:, 1:].to(device)

@@ -26,8 +26,9 @@ from rkuprune.errors import ConfigError
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import apply_plan
+from rkuprune.precision import at_least_fp32
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
-from rkuprune.scoring.capture import FeatureStats, Key, Site, run_calibration, run_sequential, sites, to_scores, wide
+from rkuprune.scoring.capture import FeatureStats, Key, Site, run_calibration, run_sequential, sites, to_scores
 
 FLOWS = ("sequential", "dense")
 
@@ -41,7 +42,7 @@ class WandaSPConfig(ScorerConfig):
 
 def wanda_metric(site: Site, stats: FeatureStats) -> torch.Tensor:
     """Per unit: Σ over its input features of mean_i |W_ij| · ‖X_j‖."""
-    per_feature = wide(site.linear.weight.detach()).abs().mean(dim=0) * stats.squared_norm(site).sqrt()
+    per_feature = at_least_fp32(site.linear.weight.detach()).abs().mean(dim=0) * stats.squared_norm(site).sqrt()
     return site.units(per_feature).sum(dim=-1)
 
 
