@@ -27,6 +27,7 @@ from torch import nn
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import ConfigError
 from rkuprune.models.adapters import adapter_for
+from rkuprune.models.structures import LayerStructure
 from rkuprune.precision import at_least_fp32
 from rkuprune.scoring.base import LayerScores, Scores
 from rkuprune.scoring.objectives import Objective
@@ -344,3 +345,12 @@ def weight_saliency(
         {r: (at_least_fp32(p.weight.detach()) * p.of(mean_grad[id(p.linear.weight)])).abs() for r, p in held.items()}
         for held in per_layer
     ]
+
+
+def unit_saliency(structure: LayerStructure, per_role: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's per-weight saliency summed per unit: a query head over its q rows and o columns, an MLP
+    channel over its gate and up rows and its down column (k and v, shared under GQA, are left to the caller)."""
+    q, o, gate, up, down = (per_role[role] for role in ("q", "o", "gate", "up", "down"))
+    n, head_dim = structure.num_q_heads, structure.head_dim
+    heads = q.view(n, -1).sum(dim=1) + o.view(-1, n, head_dim).sum(dim=(0, 2))
+    return heads, gate.sum(dim=1) + up.sum(dim=1) + down.sum(dim=0)
