@@ -33,7 +33,7 @@ class LayerPlan:
         if not self.q_heads or not self.kv_heads:
             raise PlanError(f"{where}: no attention head is kept; keep at least one or remove the whole layer")
         kept_kv = set(self.kv_heads)
-        per_group = {kv: 0 for kv in self.kv_heads}
+        per_group = dict.fromkeys(self.kv_heads, 0)
         for head in self.q_heads:
             kv = layer.kv_of(head)
             if kv not in kept_kv:
