@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from tqdm.auto import tqdm
 
 from rkuprune.allocation.allocators import (
     PruningConfig,
@@ -44,10 +44,13 @@ from rkuprune.models.structures import Structures
 from rkuprune.models.surgery import apply_plan
 from rkuprune.scoring.base import LayerScores, Scorer, Scores
 from rkuprune.tracking.atomic import write_json
+from rkuprune.tracking.progress import progress
 from rkuprune.versions import versions
 
 if TYPE_CHECKING:
     from rkuprune.config import RunConfig
+
+log = logging.getLogger(__name__)
 
 Regenerate = Callable[[nn.Module, PruningPlan], CalibrationSet]  # the masked model and its plan
 UNIT_KINDS = ("q_heads", "kv_heads", "mlp_channels")  # the LayerPlan fields a step can shrink
@@ -199,7 +202,7 @@ def run_iterative(
     plan = PruningPlan.dense(structures, base_model=base_model)
     trajectory = Trajectory.start(plan)
     pending_regenerations = sorted(cfg.regenerate_at)
-    for step in tqdm(range(1, cfg.steps + 1), desc="iterative pruning", leave=False):
+    for step in progress(range(1, cfg.steps + 1), "iterative pruning", log, unit="step"):
         target = end * step / cfg.steps
         scores = scorer.score(model, calibration)
         scores.check(structures, scorer.cfg.name)
