@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from rkuprune.data import sources
-from rkuprune.errors import ConfigError
+from rkuprune.errors import ConfigError, check_choice
 from rkuprune.evaluation.base import TASKS, EvalContext, Task, TaskConfig
 from rkuprune.precision import at_least_fp32
 from rkuprune.tracking.progress import progress
@@ -85,8 +85,7 @@ class Perplexity(Task):
 
     def check(self) -> None:
         where = self.field
-        if self.cfg.dataset not in DATASETS:
-            raise ConfigError(f"{where}.dataset", f"'{self.cfg.dataset}' is not one of {', '.join(DATASETS)}")
+        check_choice(f"{where}.dataset", self.cfg.dataset, DATASETS)
         if self.cfg.seqlen < 2:
             raise ConfigError(f"{where}.seqlen", "must be at least 2")
         if self.cfg.max_windows is not None and self.cfg.max_windows < 1:

@@ -27,7 +27,7 @@ from torch import nn
 from rkuprune.data import reasoning as data
 from rkuprune.data.reasoning import Question
 from rkuprune.data.sources import require_available
-from rkuprune.errors import ConfigError, DataError
+from rkuprune.errors import ConfigError, DataError, check_choice
 from rkuprune.evaluation.base import TASKS, EvalContext, Task, TaskConfig
 from rkuprune.evaluation.reasoning import format_answer, format_question
 from rkuprune.precision import at_least_fp32
@@ -105,8 +105,7 @@ class SolutionPerplexity(Task):
 
     def check(self) -> None:
         cfg, where = self.cfg, self.field
-        if cfg.dataset not in SPLITS:
-            raise ConfigError(f"{where}.dataset", f"'{cfg.dataset}' is not one of {', '.join(SPLITS)}")
+        check_choice(f"{where}.dataset", cfg.dataset, SPLITS)
         if cfg.max_solutions is not None and cfg.max_solutions < 1:
             raise ConfigError(
                 f"{where}.max_solutions", f"must be at least 1 (or null for all), got {cfg.max_solutions}"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
-from rkuprune.errors import ConfigError
+from rkuprune.errors import check_choice
 from rkuprune.models.adapters import adapter_for
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
 from rkuprune.scoring.capture import unit_saliency, weight_saliency
@@ -56,10 +56,7 @@ class GispScorer(Scorer):
     cfg: GispConfig
 
     def check(self) -> None:
-        if self.cfg.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ConfigError(
-                "scorer.loss_weighting", f"'{self.cfg.loss_weighting}' is not one of {', '.join(LOSS_WEIGHTINGS)}"
-            )
+        check_choice("scorer.loss_weighting", self.cfg.loss_weighting, LOSS_WEIGHTINGS)
 
     def objective(self) -> Objective:
         """The causal-LM loss, averaged per sample or pooled over tokens as configured."""

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
-from rkuprune.errors import ConfigError
+from rkuprune.errors import check_choice
 from rkuprune.models.adapters import ROLES, adapter_for
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
 from rkuprune.scoring.capture import unit_saliency, weight_saliency
@@ -57,8 +57,7 @@ class TaylorScorer(Scorer):
     scores_layers = True
 
     def check(self) -> None:
-        if self.cfg.scope not in SCOPES:
-            raise ConfigError("scorer.scope", f"'{self.cfg.scope}' is not one of {', '.join(SCOPES)}")
+        check_choice("scorer.scope", self.cfg.scope, SCOPES)
 
     def score(self, model: nn.Module, calibration: CalibrationSet | None) -> Scores:
         self.check()

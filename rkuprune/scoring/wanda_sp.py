@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
-from rkuprune.errors import ConfigError
+from rkuprune.errors import ConfigError, check_choice
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import apply_plan
@@ -52,8 +52,7 @@ class WandaSPScorer(Scorer):
     needs_calibration = True
 
     def check(self) -> None:
-        if self.cfg.flow not in FLOWS:
-            raise ConfigError("scorer.flow", f"'{self.cfg.flow}' is not one of {', '.join(FLOWS)}")
+        check_choice("scorer.flow", self.cfg.flow, FLOWS)
         if self.cfg.flow != "sequential" or self.pruning is None:
             return
         if self.pruning.allocation != "uniform" or self.pruning.schedule != "oneshot":

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rkuprune.errors import ConfigError
+from rkuprune.errors import check_choice
 from rkuprune.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,7 @@ class Tracker:
         self.cfg = cfg
 
     def check(self) -> None:
-        if self.cfg.mode not in MODES:
-            raise ConfigError("logger.mode", f"'{self.cfg.mode}' is not one of {', '.join(MODES)}")
+        check_choice("logger.mode", self.cfg.mode, MODES)
 
     def start(self, run_dir: Path, config: dict[str, Any], name: str, group: str | None, tags: list[str]) -> None:
         pass
