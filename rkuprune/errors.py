@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 
 class RkupruneError(Exception):
     """Base class: the CLI prints these as one line and exits non-zero."""
@@ -13,6 +15,12 @@ class ConfigError(RkupruneError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
+
+
+def check_choice(field: str, value: object, choices: Collection[str]) -> None:
+    """Raise the one-line ``ConfigError`` naming ``field`` when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(field, f"'{value}' is not one of {', '.join(choices)}")
 
 
 class PlanError(RkupruneError, ValueError):

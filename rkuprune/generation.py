@@ -14,6 +14,7 @@ most of the prompt cost.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -21,9 +22,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import GenerationConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from rkuprune.tracking.progress import progress
+
+log = logging.getLogger(__name__)
 
 # transformers 5.x renamed the key/value cache from past_key_values to cache (the old name warns until 6.0).
 CACHE_KEY = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
@@ -119,7 +123,7 @@ def generate(
     torch.manual_seed(seed)
     results: list[Completion | None] = [None] * len(prompts)
     total = 0
-    for first in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=len(order) <= batch_size):
+    for first in progress(range(0, len(order), batch_size), desc, log):
         batch = order[first : first + batch_size]
         width = max(len(encoded[i]) for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)

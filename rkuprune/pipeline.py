@@ -8,7 +8,6 @@ dense, before-recovery and pruned evaluations (rkuprune/evaluation/judge.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -16,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from rkuprune.allocation import allocate, check_feasible
-from rkuprune.allocation.schedule import Trajectory, run_iterative, trajectory_end
+from rkuprune.allocation.schedule import Trajectory, run_iterative, trajectory_end, trajectory_path
 from rkuprune.config import RunConfig, config_hash
 from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationSet, CalibrationSource
 from rkuprune.errors import ConfigError
@@ -30,7 +28,7 @@ from rkuprune.models.adapters import adapter_for
 from rkuprune.models.io import save_pruned
 from rkuprune.models.loading import LoadedModel, cache_dir, check_model_config, load_model, peek_model
 from rkuprune.models.params import count_params, sparsity, total_reduction, weights_fingerprint
-from rkuprune.models.plan import PruningPlan
+from rkuprune.models.plan import UNIT_LABELS, PruningPlan
 from rkuprune.models.structures import Structures
 from rkuprune.models.surgery import apply_plan
 from rkuprune.recovery import RECOVERY, Recovery
@@ -39,7 +37,6 @@ from rkuprune.scoring.base import SCORERS, Scorer
 from rkuprune.tracking.atomic import write_json
 from rkuprune.tracking.records import RESULTS_FILE, RunRecord, read_results
 from rkuprune.tracking.trackers import TRACKERS, Tracker
-from rkuprune.versions import versions
 
 log = logging.getLogger(__name__)
 
@@ -198,23 +195,12 @@ def record_scoring_rate(calibration: CalibrationSet | None, record: RunRecord) -
 
 def removed_summary(plan: PruningPlan, structures: Structures) -> str:
     """Removed query heads, KV heads, MLP channels and whole layers, out of the dense totals."""
-    kept = {lp.index: lp for lp in plan.layers}
-    removed_layers = set(plan.removed_layers)
-    totals = {"query heads": 0, "KV heads": 0, "MLP channels": 0}
-    removed = dict.fromkeys(totals, 0)
-    for layer in structures.layers:
-        sizes = {
-            "query heads": layer.num_q_heads,
-            "KV heads": layer.num_kv_heads,
-            "MLP channels": layer.intermediate_size,
-        }
-        lp = None if layer.index in removed_layers else kept.get(layer.index)
-        left = {"query heads": lp.q_heads, "KV heads": lp.kv_heads, "MLP channels": lp.mlp_channels} if lp else {}
-        for kind, size in sizes.items():
-            totals[kind] += size
-            removed[kind] += size - len(left.get(kind, []))
-    parts = [f"{removed[k]}/{totals[k]} {k}" for k in totals]
-    return ", ".join(parts) + f", {len(removed_layers)}/{len(structures.layers)} layers removed"
+    kept, dense = plan.layer_counts(), PruningPlan.dense(structures).layer_counts()
+    parts = []
+    for field, label in UNIT_LABELS.items():
+        total = sum(getattr(c, field) for c in dense)
+        parts.append(f"{total - sum(getattr(c, field) for c in kept)}/{total} {label}")
+    return ", ".join(parts) + f", {sum(c.removed for c in kept)}/{len(structures)} layers removed"
 
 
 def measure_speed(cfg: speed.SpeedConfig, loaded: LoadedModel, which: str) -> dict[str, Any] | None:
@@ -303,34 +289,6 @@ def select_units(
     if not cached and step != trajectory.steps:  # the model is masked further: slice the plan from the dense weights
         loaded = load_model(cfg.model)
     return trajectory.plan(step), loaded
-
-
-def trajectory_path(cfg: RunConfig, weights: str) -> Path | None:
-    """Where the trajectory of these weights, scorer, calibration and schedule is cached (None: caching off).
-
-    The target is not part of the key when the trajectory has a fixed end, so every target of a
-    sweep reads the same file. The package's source and versions are part of it: a trajectory is
-    reused only by the code that made it.
-    """
-    if not cfg.pruning.trajectory_cache:
-        return None
-    schedule = OmegaConf.to_container(OmegaConf.structured(cfg.pruning))
-    for name in ("sparsity", "milestones", "trajectory_cache"):
-        schedule.pop(name)
-    schedule["trajectory_end"] = trajectory_end(cfg.pruning)
-    parts = {"pruning": schedule, "data": str(cfg.data.root), "seed": cfg.seed, "code": source_digest(), **versions()}
-    parts["weights"] = weights
-    for group in ("model", "scorer", "calibration"):
-        parts[group] = OmegaConf.to_container(OmegaConf.structured(getattr(cfg, group)))
-    return cache_dir() / "trajectories" / f"{config_hash(parts)}.json"
-
-
-def source_digest() -> str:
-    """A hash of every Python file of the package."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def prune(cfg: RunConfig, loaded: LoadedModel, plan: PruningPlan, record: RunRecord, scorer: Scorer) -> None:

@@ -17,8 +17,11 @@ def test_resp_protocol_has_resps_published_settings() -> None:
     for key in ("gsm8k", "mathqa"):
         task = run.benchmark.tasks[key]
         assert task["chat"] is True and task["enable_thinking"] is True and task["do_sample"] is True
-        assert (task["temperature"], task["top_p"], task["top_k"], task["max_new_tokens"]) == (0.6, 0.95, 20, 2048)
-    assert run.benchmark.tasks["gsm8k"]["shots"] == 8
+        assert (task["temperature"], task["top_p"], task["top_k"]) == (0.6, 0.95, 20)
+    # RESP's configs/section5/main/resp_gsm8k.yaml and resp_mathqa.yaml
+    gsm8k, mathqa = run.benchmark.tasks["gsm8k"], run.benchmark.tasks["mathqa"]
+    assert (gsm8k["shots"], gsm8k["max_new_tokens"], gsm8k["batch_size"]) == (8, 2048, 32)
+    assert (mathqa["shots"], mathqa["max_new_tokens"], mathqa["batch_size"]) == (0, 4096, 16)
 
 
 def test_ppl128_measures_at_128_tokens() -> None:

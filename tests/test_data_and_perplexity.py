@@ -17,7 +17,8 @@ from rkuprune.evaluation.base import BenchmarkConfig, EvalContext, build_tasks
 from rkuprune.evaluation.perplexity import evaluation_text, perplexity, token_stream
 from rkuprune.evaluation.solution import solution_nll, solution_tokens
 from rkuprune.models.tokenizer import byte_tokenizer
-from tests.conftest import SHARED_DATA, tiny
+from rkuprune.precision import at_least_fp32
+from tests.conftest import SHARED_DATA, in_float64, tiny
 
 
 def build(name: str, data: DataConfig | None = None, **overrides: object):
@@ -103,18 +104,31 @@ def test_q16k_reads_gsm8k_train_from_data_root(tmp_path) -> None:
     assert "####" in gold_text and "<<" not in gold_text
 
 
-def test_perplexity_matches_a_direct_computation() -> None:
-    model = tiny("tiny-qwen2").model
+def test_perplexity_matches_a_direct_computation_in_float64() -> None:
+    """A float64 model is scored in float64: windows run in batches of 2 agree with each window run alone
+    and a hand log-softmax to float64 round-off (~1e-14 here); float32 NLL would be off by ~1e-7."""
+    model = in_float64(tiny("tiny-qwen2").model)
     ids = torch.randint(3, 259, (3 * 32 + 5,))
     got = perplexity(model, ids, seqlen=32, max_windows=None, batch_size=2)
     nll, count = 0.0, 0
     with torch.no_grad():
         for w in range(3):
             window = ids[w * 32 : (w + 1) * 32]
-            logp = torch.log_softmax(model(input_ids=window[None]).logits[0].float(), -1)
+            logp = torch.log_softmax(model(input_ids=window[None]).logits[0], -1)
+            assert logp.dtype == torch.float64
             nll -= logp[torch.arange(31), window[1:]].sum().item()
             count += 31
-    assert got == pytest.approx(math.exp(nll / count), rel=1e-5)
+    assert got == pytest.approx(math.exp(nll / count), rel=1e-12, abs=0)
+
+
+def test_half_precision_logits_are_raised_to_float32_and_float64_stays() -> None:
+    for dtype, expected in [
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float32),
+        (torch.float32, torch.float32),
+        (torch.float64, torch.float64),
+    ]:
+        assert at_least_fp32(torch.zeros(2, 3, dtype=dtype)).dtype == expected
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")

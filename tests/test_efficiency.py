@@ -43,7 +43,8 @@ def test_kv_cache_bytes_of_a_pruned_model_follow_its_plan(name: str, dtype: torc
     plan.removed_layers = [1]
     apply_plan(loaded.model, plan, "slice")
     element = torch.tensor([], dtype=dtype).element_size()
-    expected = speed.plan_kv_cache_bytes_per_token(plan, adapter.head_dim, element)
+    # read from the plan: only the kept KV heads of the kept layers hold a cache (K and V)
+    expected = sum(2 * c.kv_heads * adapter.head_dim * element for c in plan.layer_counts())
     assert speed.kv_cache_bytes_per_token(loaded.model) == expected
     # and the cache the pruned model really fills holds exactly that many bytes per token
     batch, length = 2, 5

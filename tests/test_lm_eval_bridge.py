@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from rkuprune import cli
 from rkuprune.data.reasoning import LETTERS, load_questions
 from rkuprune.errors import ConfigError
+from rkuprune.evaluation import lm_eval_bridge
 from rkuprune.evaluation.base import BenchmarkConfig, EvalContext, build_tasks
 from rkuprune.evaluation.lm_eval_bridge import metric_prefix
 from tests.conftest import tiny
@@ -58,6 +60,13 @@ def test_limit_caps_lm_eval_questions(tmp_path) -> None:
     suite = BenchmarkConfig(name="t", tasks={"mc": {"task": "lm_eval", "tasks": ["aqua_mc"]}}, limit=1)
     build_tasks(suite, data)["mc"].evaluate(loaded.model, loaded.tokenizer, EvalContext(run_dir=tmp_path))
     assert len((tmp_path / "predictions" / "aqua_mc.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_limit_larger_than_the_split_is_a_logged_warning(tmp_path, caplog) -> None:
+    suite = BenchmarkConfig(name="t", tasks={"mc": {"task": "lm_eval", "tasks": ["aqua_mc"]}}, limit=5)
+    with caplog.at_level(logging.WARNING, logger=lm_eval_bridge.__name__):
+        build_tasks(suite, write_root(tmp_path))
+    assert "benchmark.limit=5 exceeds the 2 questions of aqua_mc; benchmark.tasks.mc uses all of them" in caplog.text
 
 
 def test_metric_keys() -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from rkuprune.models.adapters import adapter_for
-from rkuprune.models.plan import PruningPlan
+from rkuprune.models.plan import LayerCounts, LayerPlan, PruningPlan
+from rkuprune.models.structures import LayerStructure, Structures
+from rkuprune.pipeline import removed_summary
 from rkuprune.report.__main__ import main as report_main
 from rkuprune.report.plan_picture import plot_plan, read_plan_picture
 from tests.conftest import random_plan, tiny
@@ -20,6 +22,32 @@ def counts(plan: PruningPlan) -> dict[str, list[int]]:
         "kv_heads": [len(lp.kv_heads) for lp in plan.layers],
         "mlp_channels": [len(lp.mlp_channels) for lp in plan.layers],
     }
+
+
+def hand_built_plan() -> tuple[PruningPlan, Structures]:
+    """Three layers of 4 query heads in 2 KV groups and 8 MLP channels; layer 1 is removed whole."""
+    structures = Structures(tuple(LayerStructure(i, 16, 4, 4, 2, 8) for i in range(3)))
+    layers = [LayerPlan(2, [0, 2], [0, 1], [5]), LayerPlan(0, [0, 1, 2, 3], [0, 1], [0, 3, 6])]
+    plan = PruningPlan(base_model="hand", layers=layers, removed_layers=[1])
+    plan.validate(structures)
+    return plan, structures
+
+
+def test_layer_counts_and_the_summary_of_a_hand_built_plan() -> None:
+    plan, structures = hand_built_plan()
+    assert plan.layer_counts() == [
+        LayerCounts(0, q_heads=4, kv_heads=2, mlp_channels=3),
+        LayerCounts(1, q_heads=0, kv_heads=0, mlp_channels=0, removed=True),
+        LayerCounts(2, q_heads=2, kv_heads=2, mlp_channels=1),
+    ]
+    summary = removed_summary(plan, structures)
+    assert summary == "6/12 query heads, 2/6 KV heads, 20/24 MLP channels, 1/3 layers removed"
+
+
+def test_the_picture_shows_a_removed_layer_as_zero(tmp_path) -> None:
+    plan, _ = hand_built_plan()
+    drawn = read_plan_picture(plot_plan(plan, tmp_path / "plan.png"))
+    assert drawn == {"layers": [0, 1, 2], "q_heads": [4, 0, 2], "kv_heads": [2, 0, 2], "mlp_channels": [3, 0, 1]}
 
 
 @pytest.mark.parametrize("granularity", ["q_head", "kv_group"])

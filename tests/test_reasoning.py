@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -235,10 +236,11 @@ def test_the_answer_style_sets_the_exemplar_ending_and_the_strict_rule(tmp_path,
 # -- limits and bad input -------------------------------------------------------------------------
 
 
-def test_a_limit_larger_than_the_split_uses_it_all_and_says_so(tmp_path, capsys) -> None:
-    task = tasks_for(write_root(tmp_path), limit=50, t={"task": "aqua", "shots": 0})["t"]
+def test_a_limit_larger_than_the_split_uses_it_all_and_says_so(tmp_path, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger=reasoning.__name__):
+        task = tasks_for(write_root(tmp_path), limit=50, t={"task": "aqua", "shots": 0})["t"]
     assert len(task.questions) == 2
-    assert "benchmark.limit=50 exceeds the 2 questions of aqua/test" in capsys.readouterr().err
+    assert "benchmark.limit=50 exceeds the 2 questions of aqua/test" in caplog.text
     settings = task.settings()
     assert settings["num_questions"] == 2 and settings["limit_exceeds_split"] and settings["split_size"] == 2
     assert tasks_for(write_root(tmp_path), limit=1, t={"task": "aqua", "shots": 0})["t"].questions == task.questions[:1]
@@ -308,15 +310,16 @@ def test_accuracy_is_the_mean_of_the_recorded_correct_flags(tmp_path, monkeypatc
     assert (tmp_path / "run" / "predictions" / "gsm8k.prompt.txt").read_text().startswith("Question: Tom has")
 
 
-def test_unparseable_output_is_flagged_not_silent(tmp_path, monkeypatch, capsys) -> None:
+def test_unparseable_output_is_flagged_not_silent(tmp_path, monkeypatch, caplog) -> None:
     monkeypatch.setattr(
         reasoning,
         "generate",
         lambda m, t, prompts, *a, **k: ([Completion("no idea", 2)] * len(prompts), GenerationStats(1, 2, 1.0)),
     )
     task = tasks_for(write_root(tmp_path), t={"task": "aqua", "shots": 0})["t"]
-    assert task.evaluate(None, None, EvalContext())["acc/aqua"] == 0
-    assert "no answer could be extracted from any of the 2 generations" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING, logger=reasoning.__name__):
+        assert task.evaluate(None, None, EvalContext())["acc/aqua"] == 0
+    assert "no answer could be extracted from any of the 2 generations" in caplog.text
 
 
 def test_mean3_needs_all_three_parts() -> None:

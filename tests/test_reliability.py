@@ -5,6 +5,7 @@ Each test reproduces one reported defect (it fails on the code before the fix)."
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -25,6 +26,7 @@ from rkuprune.evaluation.perplexity import perplexity
 from rkuprune.models.params import weights_fingerprint
 from rkuprune.report.__main__ import main as report_main
 from rkuprune.report.collect import collect
+from rkuprune.tracking import trackers
 from rkuprune.tracking.atomic import write_json
 from rkuprune.tracking.records import RunRecord, read_results
 from tests.conftest import CONF, REPO, model_config, tiny
@@ -236,6 +238,22 @@ def test_a_corrupt_dense_cache_file_is_named_and_recomputed(tmp_path, monkeypatc
     cached.write_bytes(b'{"first_weight": 0.1')
     assert dense_run(task, loaded, tmp_path) == expected and task.calls == 2
     assert str(cached) in caplog.text
+
+
+def test_a_failing_wandb_is_a_logged_warning_and_the_run_goes_on(tmp_path, monkeypatch, caplog) -> None:
+    import wandb
+
+    def unreachable(**kwargs: object) -> None:
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    tracker = trackers.WandbTracker(trackers.LoggerConfig())
+    with caplog.at_level(logging.WARNING, logger=trackers.__name__):
+        tracker.start(tmp_path, {}, name="run", group=None, tags=[])
+    tracker.log_summary({"acc/synthetic": 0.5})
+    tracker.finish()
+    assert tracker.run is None
+    assert "W&B init failed (ConnectionError: no route to host); the run continues without it" in caplog.text
 
 
 def test_the_weights_fingerprint_sees_one_changed_weight() -> None:

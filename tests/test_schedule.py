@@ -4,12 +4,15 @@ the closest step plan for a target, and the trajectory cache that lets a sweep s
 from __future__ import annotations
 
 import copy
+import hashlib
+from pathlib import Path
 
 import pytest
 import torch
 
+import rkuprune
 from rkuprune.allocation import PruningConfig
-from rkuprune.allocation.schedule import Trajectory, run_iterative
+from rkuprune.allocation.schedule import Trajectory, run_iterative, source_digest
 from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationConfig
 from rkuprune.data.sources import DataConfig
 from rkuprune.errors import ConfigError
@@ -169,3 +172,12 @@ def test_a_trajectory_survives_a_round_trip_through_its_file(tmp_path) -> None:
 def test_an_unreachable_trajectory_end_names_the_field() -> None:
     with pytest.raises(ConfigError, match=r"pruning\.trajectory_end: 0\.9 cannot be met"):
         run(steps=4, target=0.3, trajectory_end=0.9, protection_rule="gisp")
+
+
+def test_the_trajectory_cache_key_hashes_every_source_file_of_the_package() -> None:
+    # source_digest lives in a sub-package; a trajectory must still be reused only by the code that made it
+    package = Path(rkuprune.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.read_bytes())
+    assert source_digest() == digest.hexdigest()[:16]

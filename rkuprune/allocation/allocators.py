@@ -30,7 +30,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from rkuprune.errors import ConfigError
+from rkuprune.errors import ConfigError, check_choice
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.structures import LayerStructure, Structures
 from rkuprune.registry import Registry
@@ -68,8 +68,7 @@ class PruningConfig:
             ("protection_rule", self.protection_rule, PROTECTION_RULES),
             ("schedule", self.schedule, SCHEDULES),
         ):
-            if value not in allowed:
-                raise ConfigError(f"pruning.{name}", f"'{value}' is not one of {', '.join(allowed)}")
+            check_choice(f"pruning.{name}", value, allowed)
         ALLOCATORS.get(self.allocation, "pruning.allocation")
         if self.steps < 1:
             raise ConfigError("pruning.steps", f"{self.steps} must be at least 1")

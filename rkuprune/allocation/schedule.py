@@ -9,21 +9,23 @@ GISP runs one trajectory, ``linspace(0, 0.7, 112)``, and reads every target's pl
 does this schedule: it runs to ``pruning.trajectory_end`` (to the target when that is unset) and a
 target's plan is the step plan whose measured sparsity is closest to it. Nested plans make the
 whole trajectory one integer per unit (the step that removed it), which the pipeline caches on
-disk, so the other targets of a sweep cost no re-scoring.
+disk at ``trajectory_path``, so the other targets of a sweep cost no re-scoring.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
-from tqdm.auto import tqdm
 
 from rkuprune.allocation.allocators import (
     PruningConfig,
@@ -33,13 +35,22 @@ from rkuprune.allocation.allocators import (
     check_feasible,
     protected_layers,
 )
+from rkuprune.config import config_hash
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import ConfigError
+from rkuprune.models.loading import cache_dir
 from rkuprune.models.plan import LayerPlan, PruningPlan
 from rkuprune.models.structures import Structures
 from rkuprune.models.surgery import apply_plan
 from rkuprune.scoring.base import LayerScores, Scorer, Scores
 from rkuprune.tracking.atomic import write_json
+from rkuprune.tracking.progress import progress
+from rkuprune.versions import versions
+
+if TYPE_CHECKING:
+    from rkuprune.config import RunConfig
+
+log = logging.getLogger(__name__)
 
 Regenerate = Callable[[nn.Module, PruningPlan], CalibrationSet]  # the masked model and its plan
 UNIT_KINDS = ("q_heads", "kv_heads", "mlp_channels")  # the LayerPlan fields a step can shrink
@@ -114,6 +125,34 @@ class Trajectory:
         return cls(**json.loads(path.read_text()))
 
 
+def trajectory_path(cfg: RunConfig, weights: str) -> Path | None:
+    """Where the trajectory of these weights, scorer, calibration and schedule is cached (None: caching off).
+
+    The target is not part of the key when the trajectory has a fixed end, so every target of a
+    sweep reads the same file. The package's source and versions are part of it: a trajectory is
+    reused only by the code that made it.
+    """
+    if not cfg.pruning.trajectory_cache:
+        return None
+    schedule = OmegaConf.to_container(OmegaConf.structured(cfg.pruning))
+    for name in ("sparsity", "milestones", "trajectory_cache"):
+        schedule.pop(name)
+    schedule["trajectory_end"] = trajectory_end(cfg.pruning)
+    parts = {"pruning": schedule, "data": str(cfg.data.root), "seed": cfg.seed, "code": source_digest(), **versions()}
+    parts["weights"] = weights
+    for group in ("model", "scorer", "calibration"):
+        parts[group] = OmegaConf.to_container(OmegaConf.structured(getattr(cfg, group)))
+    return cache_dir() / "trajectories" / f"{config_hash(parts)}.json"
+
+
+def source_digest() -> str:
+    """A hash of every Python file of the rkuprune package (this file is in its ``allocation`` folder)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def without_removed(scores: Scores, plan: PruningPlan, structures: Structures) -> Scores:
     """Scores with every unit the plan already removed set to -inf, so the next plan contains it."""
     layers = []
@@ -163,7 +202,7 @@ def run_iterative(
     plan = PruningPlan.dense(structures, base_model=base_model)
     trajectory = Trajectory.start(plan)
     pending_regenerations = sorted(cfg.regenerate_at)
-    for step in tqdm(range(1, cfg.steps + 1), desc="iterative pruning", leave=False):
+    for step in progress(range(1, cfg.steps + 1), "iterative pruning", log, unit="step"):
         target = end * step / cfg.steps
         scores = scorer.score(model, calibration)
         scores.check(structures, scorer.cfg.name)

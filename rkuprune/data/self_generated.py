@@ -26,7 +26,7 @@ from rkuprune.data.calibration import (
 )
 from rkuprune.data.sources import DataConfig
 from rkuprune.data.synthetic import word_problems
-from rkuprune.errors import ConfigError
+from rkuprune.errors import ConfigError, check_choice
 from rkuprune.tracking.atomic import write_json
 
 QUESTION_SOURCES = ("gsm8k", "synthetic")
@@ -86,10 +86,7 @@ class SelfGenerated(CalibrationSource):
 
     def check(self, data: DataConfig) -> None:
         check_seqlen(self.cfg)
-        if self.cfg.questions not in QUESTION_SOURCES:
-            raise ConfigError(
-                "calibration.questions", f"'{self.cfg.questions}' is not one of {', '.join(QUESTION_SOURCES)}"
-            )
+        check_choice("calibration.questions", self.cfg.questions, QUESTION_SOURCES)
         if self.cfg.num_prompts < 1 or self.cfg.max_new_tokens < 1:
             raise ConfigError("calibration.num_prompts", "num_prompts and max_new_tokens must be at least 1")
         if self.cfg.questions == "gsm8k":

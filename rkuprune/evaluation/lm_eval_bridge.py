@@ -18,7 +18,7 @@ Per-question rows (the prompt, the chosen option, the gold option) go to ``predi
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from rkuprune.data.sources import hub_offline, require_available
 from rkuprune.errors import ConfigError
 from rkuprune.evaluation.base import TASKS, EvalContext, Task, TaskConfig
 from rkuprune.tracking.atomic import write_text
+
+log = logging.getLogger(__name__)
 
 # lm-eval task name -> its folder under lm_eval/tasks.
 COMMONSENSE = {
@@ -122,10 +124,12 @@ class LMEval(Task):
             self.lm_tasks[name] = task
             self.sizes[name] = len(task.eval_docs)
             if self.suite.limit is not None and self.suite.limit > self.sizes[name]:
-                print(
-                    f"warning: benchmark.limit={self.suite.limit} exceeds the {self.sizes[name]} questions of "
-                    f"{name}; {self.field} uses all of them",
-                    file=sys.stderr,
+                log.warning(
+                    "benchmark.limit=%d exceeds the %d questions of %s; %s uses all of them",
+                    self.suite.limit,
+                    self.sizes[name],
+                    name,
+                    self.field,
                 )
 
     def task_manager(self) -> Any:

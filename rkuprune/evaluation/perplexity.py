@@ -10,6 +10,7 @@ windows of ``seqlen`` tokens; the result is exp(mean NLL over every predicted to
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -17,11 +18,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from rkuprune.data import sources
-from rkuprune.errors import ConfigError
+from rkuprune.errors import ConfigError, check_choice
 from rkuprune.evaluation.base import TASKS, EvalContext, Task, TaskConfig
+from rkuprune.precision import at_least_fp32
+from rkuprune.tracking.progress import progress
+
+log = logging.getLogger(__name__)
 
 DATASETS = ("wikitext2", "c4", "pydoc")
 
@@ -63,9 +67,9 @@ def perplexity(model: nn.Module, ids: torch.Tensor, seqlen: int, max_windows: in
     windows = ids[: n * seqlen].view(n, seqlen)
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
-    for start in tqdm(range(0, n, batch_size), desc=f"ppl@{seqlen}", leave=False, disable=n < 4):
+    for start in progress(range(0, n, batch_size), f"ppl@{seqlen}", log):
         batch = windows[start : start + batch_size].to(device)
-        logits = model(input_ids=batch).logits.float()
+        logits = at_least_fp32(model(input_ids=batch).logits)
         nll = nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
         )
@@ -81,8 +85,7 @@ class Perplexity(Task):
 
     def check(self) -> None:
         where = self.field
-        if self.cfg.dataset not in DATASETS:
-            raise ConfigError(f"{where}.dataset", f"'{self.cfg.dataset}' is not one of {', '.join(DATASETS)}")
+        check_choice(f"{where}.dataset", self.cfg.dataset, DATASETS)
         if self.cfg.seqlen < 2:
             raise ConfigError(f"{where}.seqlen", "must be at least 2")
         if self.cfg.max_windows is not None and self.cfg.max_windows < 1:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -161,10 +160,14 @@ class ReasoningTask(Task):
         if questions[0].choices and cfg.answer_style != "answer_is":
             raise ConfigError(f"{where}.answer_style", "option answers use answer_is; hashes is for number answers")
         if limit is not None and limit > len(questions):
-            print(
-                f"warning: benchmark.limit={limit} exceeds the {len(questions)} questions of "
-                f"{self.dataset}/{self.eval_split}; {where} uses all {len(questions)}",
-                file=sys.stderr,
+            log.warning(
+                "benchmark.limit=%d exceeds the %d questions of %s/%s; %s uses all %d",
+                limit,
+                len(questions),
+                self.dataset,
+                self.eval_split,
+                where,
+                len(questions),
             )
         self.questions = questions[:limit] if limit is not None else questions
         self.exemplars = self.pick_exemplars({_norm(q.question) for q in questions})
@@ -304,10 +307,11 @@ class ReasoningTask(Task):
             cfg.batch_size,
         )
         if all(row["extracted"] is None and row["extracted_lenient"] is None for row in rows):
-            print(
-                f"warning: {self.field}: no answer could be extracted from any of the {len(rows)} generations; "
+            log.warning(
+                "%s: no answer could be extracted from any of the %d generations; "
                 "the accuracy of 0 reflects unparseable output (see the predictions)",
-                file=sys.stderr,
+                self.field,
+                len(rows),
             )
         n = len(rows)
         metrics = {

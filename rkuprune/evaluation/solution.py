@@ -27,9 +27,10 @@ from torch import nn
 from rkuprune.data import reasoning as data
 from rkuprune.data.reasoning import Question
 from rkuprune.data.sources import require_available
-from rkuprune.errors import ConfigError, DataError
+from rkuprune.errors import ConfigError, DataError, check_choice
 from rkuprune.evaluation.base import TASKS, EvalContext, Task, TaskConfig
 from rkuprune.evaluation.reasoning import format_answer, format_question
+from rkuprune.precision import at_least_fp32
 
 # The evaluated split of each dataset (synthetic: the held-out test problems).
 SPLITS = {"gsm8k": "test", "mathqa": "test", "aqua": "test", "synthetic": "test"}
@@ -85,8 +86,7 @@ def solution_nll(model: nn.Module, items: list[Scored], batch_size: int) -> tupl
             mask[row, : len(item.ids)] = 1
             counted[row, item.start : len(item.ids)] = True
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        # half-precision logits are raised to float32; a float64 model keeps float64
-        logp = torch.log_softmax(logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        logp = torch.log_softmax(at_least_fp32(logits[:, :-1]), dim=-1)
         target = ids[:, 1:].to(device)
         nll = -logp.gather(-1, target[..., None])[..., 0]
         keep = counted[:, 1:].to(device)
@@ -105,8 +105,7 @@ class SolutionPerplexity(Task):
 
     def check(self) -> None:
         cfg, where = self.cfg, self.field
-        if cfg.dataset not in SPLITS:
-            raise ConfigError(f"{where}.dataset", f"'{cfg.dataset}' is not one of {', '.join(SPLITS)}")
+        check_choice(f"{where}.dataset", cfg.dataset, SPLITS)
         if cfg.max_solutions is not None and cfg.max_solutions < 1:
             raise ConfigError(
                 f"{where}.max_solutions", f"must be at least 1 (or null for all), got {cfg.max_solutions}"

@@ -30,7 +30,6 @@ from torch import nn
 from rkuprune.errors import ConfigError
 from rkuprune.generation import CACHE_KEY
 from rkuprune.models.adapters import adapter_for
-from rkuprune.models.plan import PruningPlan
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +66,6 @@ def kv_cache_bytes_per_token(model: nn.Module) -> int:
     adapter = adapter_for(model)
     element = next(model.parameters()).element_size()
     return sum(2 * s.num_kv_heads * s.head_dim * element for s in adapter.structures().layers)
-
-
-def plan_kv_cache_bytes_per_token(plan: PruningPlan, head_dim: int, element_size: int) -> int:
-    """The same figure read from a plan: only the kept KV heads of the kept layers hold a cache."""
-    removed = set(plan.removed_layers)
-    return sum(2 * len(lp.kv_heads) * head_dim * element_size for lp in plan.layers if lp.index not in removed)
 
 
 def input_device(model: nn.Module) -> torch.device:

@@ -305,9 +305,5 @@ def _check_tensors(
             )
 
 
-def load_plan(path: str | Path) -> PruningPlan:
-    return PruningPlan.load(Path(path) / PLAN_FILE)
-
-
 def read_config(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / "config.json").read_text())

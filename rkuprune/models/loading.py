@@ -20,7 +20,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.initialization import no_init_weights
 
-from rkuprune.errors import CheckpointError, ConfigError
+from rkuprune.errors import CheckpointError, ConfigError, check_choice
 from rkuprune.models.io import refuse_custom_code
 from rkuprune.models.tokenizer import byte_tokenizer
 
@@ -69,20 +69,14 @@ def cache_dir() -> Path:
 def check_model_config(cfg: ModelConfig, where: str = "model") -> None:
     """Fail before any loading when the model config cannot work (offline, unknown dtype, ...); errors name
     ``<where>.<field>`` (``benchmark.judge.model`` for the judge)."""
-    if cfg.source not in {"hub", "random", "gguf_package"}:
-        raise ConfigError(f"{where}.source", f"'{cfg.source}' is not one of hub, random, gguf_package")
-    if cfg.dtype not in DTYPES:
-        raise ConfigError(f"{where}.dtype", f"'{cfg.dtype}' is not one of {', '.join(DTYPES)}")
-    if cfg.attn_implementation not in ATTENTION:
-        raise ConfigError(
-            f"{where}.attn_implementation", f"'{cfg.attn_implementation}' is not one of {', '.join(ATTENTION)}"
-        )
+    check_choice(f"{where}.source", cfg.source, ("hub", "random", "gguf_package"))
+    check_choice(f"{where}.dtype", cfg.dtype, DTYPES)
+    check_choice(f"{where}.attn_implementation", cfg.attn_implementation, ATTENTION)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"{where}.device", f"'{cfg.device}' asked for but no CUDA device is visible; use {where}.device=cpu"
         )
-    if cfg.init not in {"default", "fast"}:
-        raise ConfigError(f"{where}.init", f"'{cfg.init}' is not one of default, fast")
+    check_choice(f"{where}.init", cfg.init, ("default", "fast"))
     strategies = ("auto", "balanced", "balanced_low_0", "sequential")
     if isinstance(cfg.device_map, str) and cfg.device_map not in strategies:
         raise ConfigError(

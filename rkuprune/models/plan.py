@@ -33,7 +33,7 @@ class LayerPlan:
         if not self.q_heads or not self.kv_heads:
             raise PlanError(f"{where}: no attention head is kept; keep at least one or remove the whole layer")
         kept_kv = set(self.kv_heads)
-        per_group = {kv: 0 for kv in self.kv_heads}
+        per_group = dict.fromkeys(self.kv_heads, 0)
         for head in self.q_heads:
             kv = layer.kv_of(head)
             if kv not in kept_kv:
@@ -63,6 +63,20 @@ def _check_indices(indices: list[int], size: int | None, what: str) -> None:
     bad = [i for i in indices if size is not None and i >= size]
     if bad:
         raise PlanError(f"{what} index {bad[0]} is out of range (the layer has {size})")
+
+
+UNIT_LABELS = {"q_heads": "query heads", "kv_heads": "KV heads", "mlp_channels": "MLP channels"}  # LayerCounts fields
+
+
+@dataclass(frozen=True)
+class LayerCounts:
+    """How many units one layer keeps (all zero when the whole layer is removed)."""
+
+    index: int
+    q_heads: int
+    kv_heads: int
+    mlp_channels: int
+    removed: bool = False
 
 
 @dataclass
@@ -139,6 +153,16 @@ class PruningPlan:
 
     def sparsity(self, structures: Structures) -> float:
         return 1.0 - self.params(structures) / structures.prunable_params
+
+    def layer_counts(self) -> list[LayerCounts]:
+        """Kept query heads, KV heads and MLP channels of every layer, planned or removed, in layer order.
+
+        Read from the plan alone (a valid plan names every layer of the model once), so a saved plan
+        can be summarised or drawn without its model.
+        """
+        counts = [LayerCounts(lp.index, len(lp.q_heads), len(lp.kv_heads), len(lp.mlp_channels)) for lp in self.layers]
+        counts += [LayerCounts(index, 0, 0, 0, removed=True) for index in self.removed_layers]
+        return sorted(counts, key=lambda c: c.index)
 
     def is_uniform(self) -> bool:
         """True when every kept layer has the same head and channel counts (plain HF config can describe it)."""

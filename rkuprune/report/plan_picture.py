@@ -15,21 +15,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rkuprune.models.plan import PruningPlan  # noqa: E402
+from rkuprune.models.plan import UNIT_LABELS, PruningPlan  # noqa: E402
 
 PLAN_KEY = "rkuprune-plan"
-PANELS = (("q_heads", "query heads"), ("kv_heads", "KV heads"), ("mlp_channels", "MLP channels"))
 
 
 def plot_plan(plan: PruningPlan, path: Path, title: str = "") -> Path:
     """Draw the kept units of every layer (removed layers show as zero) and save the PNG at ``path``."""
-    kept = {lp.index: lp for lp in plan.layers}
-    layers = sorted([*kept, *plan.removed_layers])
-    fig, axes = plt.subplots(len(PANELS), 1, figsize=(max(6, 0.25 * len(layers) + 2), 6), dpi=100, sharex=True)
+    counts = plan.layer_counts()
+    layers = [c.index for c in counts]
+    fig, axes = plt.subplots(len(UNIT_LABELS), 1, figsize=(max(6, 0.25 * len(layers) + 2), 6), dpi=100, sharex=True)
     drawn: dict[str, object] = {"layers": layers}
-    for ax, (field, label) in zip(axes, PANELS, strict=True):
-        counts = [len(getattr(kept[i], field)) if i in kept else 0 for i in layers]
-        bars = ax.bar(layers, counts, color="tab:blue")
+    for ax, (field, label) in zip(axes, UNIT_LABELS.items(), strict=True):
+        bars = ax.bar(layers, [getattr(c, field) for c in counts], color="tab:blue")
         ax.set_ylabel(f"kept {label}", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         drawn[field] = [int(bar.get_height()) for bar in bars]

@@ -27,6 +27,8 @@ from torch import nn
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import ConfigError
 from rkuprune.models.adapters import adapter_for
+from rkuprune.models.structures import LayerStructure
+from rkuprune.precision import at_least_fp32
 from rkuprune.scoring.base import LayerScores, Scores
 from rkuprune.scoring.objectives import Objective
 from rkuprune.tracking.progress import progress
@@ -52,11 +54,6 @@ class Site:
     def units(self, features: torch.Tensor) -> torch.Tensor:
         """View a trailing per-feature dimension as ``[..., units, unit_size]``."""
         return features.unflatten(-1, (-1, self.unit_size))
-
-
-def wide(values: torch.Tensor) -> torch.Tensor:
-    """At least fp32 for reductions (a float64 model, as in the reference tests, stays float64)."""
-    return values.to(torch.promote_types(values.dtype, torch.float32))
 
 
 def sites(model: nn.Module) -> list[Site]:
@@ -194,12 +191,12 @@ class Capture:
             x = args[0]
             mask = self.mask.to(x.device)
             if not self.gradients:
-                self.reducer.forward(site, wide(x.detach()[mask]))
+                self.reducer.forward(site, at_least_fp32(x.detach()[mask]))
             else:  # register_hook fails loudly if no gradient can reach this activation
                 acts = x.detach()
 
                 def on_grad(grad: torch.Tensor) -> None:
-                    self.reducer.backward(site, wide(acts[mask]), wide(grad[mask]))
+                    self.reducer.backward(site, at_least_fp32(acts[mask]), at_least_fp32(grad[mask]))
 
                 x.register_hook(on_grad)
 
@@ -336,7 +333,7 @@ def weight_saliency(
     adapter = adapter_for(model)
     per_layer = [{r: p for r, p in adapter.roles(layer).items() if r in roles} for layer in adapter.layers()]
     weights = list({id(p.linear.weight): p.linear.weight for held in per_layer for p in held.values()}.values())
-    totals = [wide(torch.zeros_like(w)) for w in weights]
+    totals = [at_least_fp32(torch.zeros_like(w)) for w in weights]
 
     def accumulate(grads: tuple[torch.Tensor, ...]) -> None:
         for total, grad in zip(totals, grads, strict=True):
@@ -345,6 +342,15 @@ def weight_saliency(
     run_calibration(model, calibration, objective=objective, weights=weights, on_weight_grads=accumulate)
     mean_grad = {id(w): total for w, total in zip(weights, totals, strict=True)}
     return [
-        {r: (wide(p.weight.detach()) * p.of(mean_grad[id(p.linear.weight)])).abs() for r, p in held.items()}
+        {r: (at_least_fp32(p.weight.detach()) * p.of(mean_grad[id(p.linear.weight)])).abs() for r, p in held.items()}
         for held in per_layer
     ]
+
+
+def unit_saliency(structure: LayerStructure, per_role: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's per-weight saliency summed per unit: a query head over its q rows and o columns, an MLP
+    channel over its gate and up rows and its down column (k and v, shared under GQA, are left to the caller)."""
+    q, o, gate, up, down = (per_role[role] for role in ("q", "o", "gate", "up", "down"))
+    n, head_dim = structure.num_q_heads, structure.head_dim
+    heads = q.view(n, -1).sum(dim=1) + o.view(-1, n, head_dim).sum(dim=(0, 2))
+    return heads, gate.sum(dim=1) + up.sum(dim=1) + down.sum(dim=0)

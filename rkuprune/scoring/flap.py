@@ -24,8 +24,9 @@ from torch import nn
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import add_output_bias, head_rows
+from rkuprune.precision import at_least_fp32
 from rkuprune.scoring.base import SCORERS, Scorer, ScorerConfig, Scores
-from rkuprune.scoring.capture import FeatureStats, Key, run_calibration, sites, to_scores, wide
+from rkuprune.scoring.capture import FeatureStats, Key, run_calibration, sites, to_scores
 
 
 @dataclass
@@ -56,7 +57,7 @@ class FLAPScorer(Scorer):
         run_calibration(model, calibration, reducer=stats, skip_first=self.cfg.skip_first_token)
         per_unit = {}
         for site in sites(model):
-            fluctuation = stats.variance(site) * wide(site.linear.weight.detach()).pow(2).sum(dim=0)
+            fluctuation = stats.variance(site) * at_least_fp32(site.linear.weight.detach()).pow(2).sum(dim=0)
             if site.block == "attention" and self.cfg.square_attention:
                 fluctuation = fluctuation.pow(2)
             per_unit[site.key] = site.units(standardise(fluctuation)).mean(dim=-1)
@@ -78,5 +79,5 @@ class FLAPScorer(Scorer):
                 removed = torch.ones(mean.numel(), dtype=torch.bool)
                 removed[head_rows(units, site.unit_size)] = False
                 if removed.any():
-                    weight = wide(site.linear.weight.detach())[:, removed.to(mean.device)]
+                    weight = at_least_fp32(site.linear.weight.detach())[:, removed.to(mean.device)]
                     add_output_bias(site.linear, weight @ mean[removed.to(mean.device)])

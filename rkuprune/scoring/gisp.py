@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
-from rkuprune.errors import ConfigError
+from rkuprune.errors import check_choice
 from rkuprune.models.adapters import adapter_for
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
-from rkuprune.scoring.capture import weight_saliency
+from rkuprune.scoring.capture import unit_saliency, weight_saliency
 from rkuprune.scoring.objectives import OBJECTIVES, Objective, PerSampleMean
 
 LOSS_WEIGHTINGS = ("per_sample", "pooled")
@@ -56,10 +56,7 @@ class GispScorer(Scorer):
     cfg: GispConfig
 
     def check(self) -> None:
-        if self.cfg.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ConfigError(
-                "scorer.loss_weighting", f"'{self.cfg.loss_weighting}' is not one of {', '.join(LOSS_WEIGHTINGS)}"
-            )
+        check_choice("scorer.loss_weighting", self.cfg.loss_weighting, LOSS_WEIGHTINGS)
 
     def objective(self) -> Objective:
         """The causal-LM loss, averaged per sample or pooled over tokens as configured."""
@@ -73,9 +70,7 @@ class GispScorer(Scorer):
         saliency = weight_saliency(model, calibration, self.objective(), SCORED_ROLES)
         layers = []
         for s, per_role in zip(structures.layers, saliency, strict=True):
-            q, o, gate, up, down = (per_role[role] for role in SCORED_ROLES)
-            heads = q.view(s.num_q_heads, -1).sum(dim=1) + o.view(-1, s.num_q_heads, s.head_dim).sum(dim=(0, 2))
-            channels = gate.sum(dim=1) + up.sum(dim=1) + down.sum(dim=0)
+            heads, channels = unit_saliency(s, per_role)
             layers.append(
                 LayerScores(
                     heads=(heads / (4 * s.head_dim * s.hidden_size)).float().cpu(),

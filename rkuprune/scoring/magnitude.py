@@ -9,8 +9,8 @@ from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.models.adapters import Projection, adapter_for
+from rkuprune.precision import at_least_fp32
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
-from rkuprune.scoring.capture import wide
 
 
 @dataclass
@@ -20,14 +20,14 @@ class MagnitudeConfig(ScorerConfig):
 
 def squared_row_norms(projection: Projection) -> torch.Tensor:
     """Per output row of a role: sum of squared weights plus the squared bias (at least fp32)."""
-    sq = wide(projection.weight.detach()).pow(2).sum(dim=1)
+    sq = at_least_fp32(projection.weight.detach()).pow(2).sum(dim=1)
     if projection.bias is not None:
-        sq = sq + wide(projection.bias.detach()).pow(2)
+        sq = sq + at_least_fp32(projection.bias.detach()).pow(2)
     return sq
 
 
 def squared_col_norms(projection: Projection) -> torch.Tensor:
-    return wide(projection.weight.detach()).pow(2).sum(dim=0)
+    return at_least_fp32(projection.weight.detach()).pow(2).sum(dim=0)
 
 
 def per_head(values: torch.Tensor, head_dim: int) -> torch.Tensor:

@@ -10,10 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 promoted to fp32 for the loss; fp64 kept (float64 tests compare without fp32 rounding)."""
-    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+from rkuprune.precision import at_least_fp32
 
 
 class Objective:

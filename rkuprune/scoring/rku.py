@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
-from rkuprune.errors import ConfigError
+from rkuprune.errors import check_choice
 from rkuprune.scoring.base import SCORERS, Scorer, ScorerConfig, Scores
 from rkuprune.scoring.capture import Key, Reducer, Site, run_calibration, sites, to_scores
 from rkuprune.scoring.objectives import OBJECTIVES
@@ -106,12 +106,8 @@ class RKUScorer(Scorer):
     scores_layers = True
 
     def check(self) -> None:
-        if self.cfg.objective not in OBJECTIVES:
-            raise ConfigError("scorer.objective", f"'{self.cfg.objective}' is not one of {', '.join(OBJECTIVES)}")
-        if self.cfg.normalisation not in NORMALISATIONS:
-            raise ConfigError(
-                "scorer.normalisation", f"'{self.cfg.normalisation}' is not one of {', '.join(NORMALISATIONS)}"
-            )
+        check_choice("scorer.objective", self.cfg.objective, OBJECTIVES)
+        check_choice("scorer.normalisation", self.cfg.normalisation, NORMALISATIONS)
 
     def score(self, model: nn.Module, calibration: CalibrationSet | None) -> Scores:
         self.check()

@@ -21,6 +21,7 @@ from torch import nn
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import ConfigError
 from rkuprune.models.adapters import adapter_for
+from rkuprune.precision import at_least_fp32
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
 from rkuprune.scoring.capture import frozen, token_mask
 
@@ -47,8 +48,7 @@ def block_influence(model: nn.Module, calibration: CalibrationSet) -> list[float
         def record(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
             x_in = _hidden(args[0] if args else kwargs["hidden_states"])[mask]
             x_out = _hidden(output)[mask]
-            dtype = torch.promote_types(x_in.dtype, torch.float32)
-            cos = nn.functional.cosine_similarity(x_in.to(dtype), x_out.to(dtype), dim=-1)
+            cos = nn.functional.cosine_similarity(at_least_fp32(x_in), at_least_fp32(x_out), dim=-1)
             sums[index] += float(cos.sum())
 
         return record

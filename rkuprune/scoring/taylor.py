@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
-from rkuprune.errors import ConfigError
+from rkuprune.errors import check_choice
 from rkuprune.models.adapters import ROLES, adapter_for
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
-from rkuprune.scoring.capture import weight_saliency
+from rkuprune.scoring.capture import unit_saliency, weight_saliency
 from rkuprune.scoring.objectives import OBJECTIVES
 
 SCOPES = ("global", "layer")
@@ -57,8 +57,7 @@ class TaylorScorer(Scorer):
     scores_layers = True
 
     def check(self) -> None:
-        if self.cfg.scope not in SCOPES:
-            raise ConfigError("scorer.scope", f"'{self.cfg.scope}' is not one of {', '.join(SCOPES)}")
+        check_choice("scorer.scope", self.cfg.scope, SCOPES)
 
     def score(self, model: nn.Module, calibration: CalibrationSet | None) -> Scores:
         self.check()
@@ -67,11 +66,9 @@ class TaylorScorer(Scorer):
         saliency = weight_saliency(model, calibration, OBJECTIVES["lm_loss"], ROLES)
         scores = []
         for s, per_role in zip(structures.layers, saliency, strict=True):
-            q, k, v, o, gate, up, down = (per_role[role] for role in ROLES)
-            heads = q.view(s.num_q_heads, -1).sum(dim=1) + o.view(-1, s.num_q_heads, s.head_dim).sum(dim=(0, 2))
-            kv = (k + v).view(s.num_kv_heads, -1).sum(dim=1)
+            heads, channels = unit_saliency(s, per_role)
+            kv = (per_role["k"] + per_role["v"]).view(s.num_kv_heads, -1).sum(dim=1)
             heads += kv.repeat_interleave(s.group_size) / s.group_size
-            channels = gate.sum(dim=1) + up.sum(dim=1) + down.sum(dim=0)
             scores.append(LayerScores(heads=heads.cpu(), channels=channels.cpu()))
         for layer in scores:
             layer.layer = float(layer.heads.sum() + layer.channels.sum())

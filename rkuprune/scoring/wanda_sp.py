@@ -22,12 +22,13 @@ import torch
 from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
-from rkuprune.errors import ConfigError
+from rkuprune.errors import ConfigError, check_choice
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import apply_plan
+from rkuprune.precision import at_least_fp32
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
-from rkuprune.scoring.capture import FeatureStats, Key, Site, run_calibration, run_sequential, sites, to_scores, wide
+from rkuprune.scoring.capture import FeatureStats, Key, Site, run_calibration, run_sequential, sites, to_scores
 
 FLOWS = ("sequential", "dense")
 
@@ -41,7 +42,7 @@ class WandaSPConfig(ScorerConfig):
 
 def wanda_metric(site: Site, stats: FeatureStats) -> torch.Tensor:
     """Per unit: Σ over its input features of mean_i |W_ij| · ‖X_j‖."""
-    per_feature = wide(site.linear.weight.detach()).abs().mean(dim=0) * stats.squared_norm(site).sqrt()
+    per_feature = at_least_fp32(site.linear.weight.detach()).abs().mean(dim=0) * stats.squared_norm(site).sqrt()
     return site.units(per_feature).sum(dim=-1)
 
 
@@ -51,8 +52,7 @@ class WandaSPScorer(Scorer):
     needs_calibration = True
 
     def check(self) -> None:
-        if self.cfg.flow not in FLOWS:
-            raise ConfigError("scorer.flow", f"'{self.cfg.flow}' is not one of {', '.join(FLOWS)}")
+        check_choice("scorer.flow", self.cfg.flow, FLOWS)
         if self.cfg.flow != "sequential" or self.pruning is None:
             return
         if self.pruning.allocation != "uniform" or self.pruning.schedule != "oneshot":

@@ -12,6 +12,7 @@ import json
 import math
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ class RunRecord:
         self.write()
 
     @contextmanager
-    def timed(self, key: str):
+    def timed(self, key: str) -> Iterator[None]:
         """Record the wall time of a stage in ``efficiency``."""
         start = time.perf_counter()
         try:

@@ -1,15 +1,17 @@
 """Experiment trackers. W&B runs offline unless ``logger.mode=online``; a tracker never fails a run:
-if W&B cannot start or log, the run goes on and says so once on stderr."""
+if W&B cannot start or log, the run goes on and logs a warning saying so."""
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rkuprune.errors import ConfigError
+from rkuprune.errors import check_choice
 from rkuprune.registry import Registry
+
+log = logging.getLogger(__name__)
 
 MODES = ("offline", "online", "disabled")
 
@@ -33,8 +35,7 @@ class Tracker:
         self.cfg = cfg
 
     def check(self) -> None:
-        if self.cfg.mode not in MODES:
-            raise ConfigError("logger.mode", f"'{self.cfg.mode}' is not one of {', '.join(MODES)}")
+        check_choice("logger.mode", self.cfg.mode, MODES)
 
     def start(self, run_dir: Path, config: dict[str, Any], name: str, group: str | None, tags: list[str]) -> None:
         pass
@@ -61,7 +62,7 @@ TRACKERS.register("none", LoggerConfig)(Tracker)
 
 
 def _warn(what: str, exc: BaseException) -> None:
-    print(f"warning: W&B {what} failed ({type(exc).__name__}: {exc}); the run continues without it", file=sys.stderr)
+    log.warning("W&B %s failed (%s: %s); the run continues without it", what, type(exc).__name__, exc)
 
 
 @TRACKERS.register("wandb", LoggerConfig)
