@@ -95,6 +95,12 @@ def test_report_tables_and_plots_hold_the_results(sweep: Path, capsys) -> None:
     assert series["dense"] == pytest.approx(results_of(sweep)[0]["dense_metrics"][METRIC])
     assert (out_dir / "table.tex").read_text().startswith("\\begin{tabular}")
     assert "| tiny-llama | dense |" in (out_dir / "table.md").read_text()
+    # by_metric.md: the same cells, one section (and table) per metric
+    section = (out_dir / "by_metric.md").read_text().split(f"## {METRIC}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| tiny-llama |")]
+    cells = {line.split(" | ")[1]: line.strip("| ").split(" | ")[2:] for line in lines}
+    for result in results_of(sweep):
+        assert shown(METRIC, result["metrics"][METRIC]) in cells[result["pruning"]["scorer"]]
 
 
 def test_report_passes_over_a_corrupt_file_and_names_it(sweep: Path, tmp_path, capsys) -> None:

@@ -1,4 +1,5 @@
-"""``python -m rkuprune.report DIR``: tables (md, csv, tex), plots and plan pictures of every results.json under DIR."""
+"""``python -m rkuprune.report DIR``: tables (md, csv, tex; and one per metric), plots and plan pictures of every
+results.json under DIR."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from rkuprune.models.plan import PruningPlan
 from rkuprune.report.collect import Collection, collect
 from rkuprune.report.plan_picture import plot_plan
 from rkuprune.report.plots import plot_all, slug
-from rkuprune.report.tables import build_table, to_csv, to_latex, to_markdown
+from rkuprune.report.tables import build_table, by_metric, to_csv, to_latex, to_markdown
 from rkuprune.tracking.atomic import write_text
 
 
@@ -67,12 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     write_text(out / "table.csv", table_csv)
     write_text(out / "table.md", to_markdown(table))
     write_text(out / "table.tex", to_latex(table))
+    write_text(out / "by_metric.md", by_metric(collection))
     plots = plot_all(collection, out)
     plans = plot_plans(collection, out)
     if args.wandb:
         log_to_wandb(out, table_csv, plots, args.wandb_mode, group=args.folder.name)
     print(
-        f"{len(collection.runs)} runs -> {out}/table.md, table.csv, table.tex, {len(plots)} plots "
+        f"{len(collection.runs)} runs -> {out}/table.md, table.csv, table.tex, by_metric.md, {len(plots)} plots "
         f"and {len(plans)} plan pictures"
     )
     return 0

@@ -41,8 +41,9 @@ class Table:
         return [[model, label, *[cells.get(c, "") for c in self.columns]] for model, label, cells in self.rows]
 
 
-def build_table(collection: Collection) -> Table:
-    metrics = collection.metrics
+def build_table(collection: Collection, metrics: list[str] | None = None) -> Table:
+    """The whole sweep, or only ``metrics`` (``by_metric``: one narrow table per metric, as papers print)."""
+    metrics = collection.metrics if metrics is None else metrics
     sparsities = sorted({r.target for r in collection.runs})
     columns = [(s, m) for s in sparsities for m in metrics]
     rows: list[tuple[str, str, dict[tuple[float, str], str]]] = []
@@ -78,6 +79,12 @@ def paper_beside(run: Run, metric: str) -> tuple[Published | None, bool]:
     if metric != base:  # a judge column
         return (paper, True) if judged_here else (None, False)
     return (None, False) if judged_here else (paper, False)
+
+
+def by_metric(collection: Collection) -> str:
+    """Markdown with one section per metric: rows = model and method, columns = target sparsity."""
+    sections = [f"## {metric}\n\n{to_markdown(build_table(collection, [metric]))}" for metric in collection.metrics]
+    return "\n".join(sections)
 
 
 def footnotes(table: Table) -> list[str]:
