@@ -124,5 +124,5 @@ def test_every_calibration_source_is_a_valid_recovery_source() -> None:
     recovery = RECOVERY.build(LoRAConfig(source="synthetic"))
     recovery.check(DataConfig())
     assert recovery.data_source().split == "train"
-    with pytest.raises(ConfigError, match="recovery.source: unknown source 'alpaca'"):
-        RECOVERY.build(LoRAConfig(source="alpaca")).check(DataConfig())
+    with pytest.raises(ConfigError, match="recovery.source: unknown source 'dolly'"):
+        RECOVERY.build(LoRAConfig(source="dolly")).check(DataConfig())

@@ -32,6 +32,7 @@ LOCAL_FILES = {
     ("aqua", "dev"): "aqua/dev.json",
     ("aqua", "test"): "aqua/test.json",
     ("mathqa", "test"): "mathqa/test.json",
+    ("alpaca", "train"): "alpaca/alpaca_data_cleaned.json",  # optional: the hub is used when it is absent
 }
 # The local C4 file is one validation subset: its first documents are the evaluation text, the rest
 # may calibrate, so the two never overlap.
