@@ -18,7 +18,7 @@ from rkuprune.errors import ConfigError, DataError
 
 @dataclass
 class DataConfig:
-    """``data`` group: ``root`` is a local folder with gsm8k/, aqua/, mathqa/, wikitext2/, c4/."""
+    """``data`` group: ``root`` is a local folder with gsm8k/, aqua/, mathqa/, wikitext2/, c4/ (and alpaca/)."""
 
     root: str | None = None
 
