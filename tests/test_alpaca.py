@@ -176,5 +176,6 @@ def test_a_recovery_run_on_alpaca_writes_both_metric_sets(tmp_path, monkeypatch,
     assert results["metrics"][key] != results["metrics_before_recovery"][key]
     provenance = results["recovery"]["data"]
     assert (provenance["source"], provenance["split"], provenance["held_out"]) == ("alpaca", "train", 2000)
+    assert provenance["origin"] == str(tmp_path / "data" / "alpaca" / "alpaca_data_cleaned.json")
     assert provenance["rows_available"] == 5 and provenance["loss_tokens"] < provenance["num_tokens"]
     assert len(results["recovery"]["losses"]) == 3

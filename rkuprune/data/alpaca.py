@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,11 +54,17 @@ def alpaca_prompt(instruction: str, input_text: str | None = None) -> str:
     return PROMPT_WITHOUT_INPUT.format(instruction=instruction)
 
 
-def alpaca_rows(data: DataConfig) -> list[dict[str, str]]:
-    """Every row of alpaca-cleaned's train split: ``data.root/alpaca/alpaca_data_cleaned.json`` (the
-    hub's file: a JSON list of ``{instruction, input, output}``) when it exists, else the hub."""
+def local_file(data: DataConfig) -> Path | None:
+    """``data.root/alpaca/alpaca_data_cleaned.json`` (the hub's file) when it exists; else the hub is read."""
     path = sources.local_path(data, "alpaca", "train")
-    if path is None or not path.is_file():
+    return path if path is not None and path.is_file() else None
+
+
+def alpaca_rows(data: DataConfig) -> list[dict[str, str]]:
+    """Every row of alpaca-cleaned's train split, from the local file (a JSON list of
+    ``{instruction, input, output}``) or the hub."""
+    path = local_file(data)
+    if path is None:
         from datasets import load_dataset
 
         return list(load_dataset(HUB_ID, split="train"))
@@ -83,9 +90,8 @@ class Alpaca(CalibrationSource):
         super().check(data)
         if self.cfg.val_set_size < 0:
             raise ConfigError("calibration.val_set_size", f"{self.cfg.val_set_size} must be at least 0")
-        path = sources.local_path(data, "alpaca", "train")
-        if (path is None or not path.is_file()) and sources.hub_offline():
-            missing = f"{path} is missing" if path else "data.root is unset"
+        if local_file(data) is None and sources.hub_offline():
+            missing = "data.root has no such file" if data.root else "data.root is unset"
             raise ConfigError(
                 "data.root",
                 f"the alpaca source needs alpaca/alpaca_data_cleaned.json under data.root ({HUB_ID}'s file) or the "
@@ -138,6 +144,7 @@ class Alpaca(CalibrationSource):
         return self._require_budget(
             self._provenance(
                 calibration,
+                origin=str(local_file(data) or HUB_ID),
                 rows_available=len(rows),
                 held_out=self.cfg.val_set_size,
                 rows_without_response=skipped,
