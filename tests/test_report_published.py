@@ -12,7 +12,7 @@ from rkuprune.report.tables import build_table, to_latex, to_markdown
 
 
 def run(model: str, scorer: str, metrics: dict[str, float]) -> Run:
-    return Run(Path("."), model, scorer, "", 0.4, 0.4, metrics, {}, {})
+    return Run(Path("."), model, scorer, scorer, "", 0.4, 0.4, metrics, {}, {})
 
 
 def test_judge_scored_paper_values_are_footnoted() -> None:

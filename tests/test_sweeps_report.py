@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 
 from rkuprune import cli, pipeline
 from rkuprune.config import job_dirname
 from rkuprune.report.__main__ import main as report_main
-from rkuprune.report.collect import variant_label
+from rkuprune.report.collect import collect, variant_label
 from rkuprune.report.plots import read_series
 from rkuprune.report.tables import shown
 from tests.conftest import CONF
@@ -180,3 +182,21 @@ def test_a_switched_config_group_is_labelled_by_its_name_and_its_own_differences
     assert variant_label(long, peers) == "granularity=q_head, recovery=lora, steps=200"
     assert variant_label(layer, peers) == "granularity=layer, recovery=none"
     assert variant_label(plain, [plain]) == ""
+
+
+def test_a_run_is_labelled_by_its_scorer_preset(sweep: Path, tmp_path) -> None:
+    """scorer=rku_iterative composes scorer.name=rku: the report names the preset, read from Hydra's record."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    hydra_files = sorted(copy.glob("*scorer=random*/.hydra/hydra.yaml"))
+    assert hydra_files, "the sweep fixture keeps Hydra's record beside each results.json"
+    for hydra_file in hydra_files:
+        record = yaml.safe_load(hydra_file.read_text())
+        assert record["hydra"]["runtime"]["choices"]["scorer"] == "random"
+        record["hydra"]["runtime"]["choices"]["scorer"] = "random_preset"
+        hydra_file.write_text(yaml.safe_dump(record))
+    runs = collect(copy).runs
+    assert {(r.scorer, r.label) for r in runs} == {("random", "random_preset"), ("magnitude", "magnitude")}
+    for folder in copy.glob("*scorer=magnitude*"):
+        shutil.rmtree(folder / ".hydra")
+    assert {r.label for r in collect(copy).runs} == {"random_preset", "magnitude"}  # no record: the scorer's name

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rkuprune.evaluation.speed import report_columns
 from rkuprune.tracking.records import RESULTS_FILE, read_results
 
@@ -19,7 +21,8 @@ IGNORED_PREFIXES = ("logger.", "data.", "benchmark.", "model.")
 class Run:
     path: Path
     model: str
-    scorer: str
+    scorer: str  # the scorer's registered name (published values are looked up by it)
+    method: str  # the scorer preset the run was composed with (rku_iterative), else the scorer
     variant: str
     target: float
     measured: float
@@ -29,7 +32,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        return f"{self.scorer} ({self.variant})" if self.variant else self.scorer
+        return f"{self.method} ({self.variant})" if self.variant else self.method
 
 
 @dataclass
@@ -55,6 +58,16 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[path] = json.dumps(value) if isinstance(value, list) else value
     return flat
+
+
+def scorer_preset(results_path: Path) -> str | None:
+    """The ``scorer=`` choice of the run (Hydra's record beside results.json), e.g. ``rku_iterative``,
+    whose scorer is ``rku``: a preset names a method better than the fields it sets."""
+    hydra_file = results_path.parent / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return None
+    choices = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
+    return choices.get("scorer")
 
 
 def _differs(key: str, runs: list[dict[str, Any]]) -> bool:
@@ -94,14 +107,16 @@ def collect(folder: Path) -> Collection:
             continue
         raw.append((path, results))
     flats = {path: _flatten(results["config"]) for path, results in raw}
+    methods = {path: scorer_preset(path) or results["pruning"]["scorer"] for path, results in raw}
     for path, results in raw:
         model, scorer = results["model"]["name"], results["pruning"]["scorer"]
-        peers = [flats[p] for p, r in raw if r["model"]["name"] == model and r["pruning"]["scorer"] == scorer]
+        peers = [flats[p] for p, r in raw if r["model"]["name"] == model and methods[p] == methods[path]]
         found.runs.append(
             Run(
                 path=path,
                 model=model,
                 scorer=scorer,
+                method=methods[path],
                 variant=variant_label(flats[path], peers),
                 target=float(results["pruning"]["target_sparsity"]),
                 measured=float(results["pruning"]["measured_sparsity"]),
