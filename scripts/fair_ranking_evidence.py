@@ -58,13 +58,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data-root", default="/work/shared/data")
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--scorers", nargs="+", default=list(SCORERS), choices=list(SCORERS))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     old = old_allocators(args.before)
     rows = ["| scorer | version | target | measured | query heads removed | MLP channels removed | ppl/wikitext2@512 |"]
     rows.append("|---|---|---:|---:|---:|---:|---:|")
     base = [f"model={args.model}", "benchmark=ppl_small", f"data.root={args.data_root}", "logger=none"]
-    for label, (name, before_overrides) in SCORERS.items():
+    for label in args.scorers:
+        name, before_overrides = SCORERS[label]
         for version, extra in (("before", before_overrides), ("after", [])):
             cfg = compose_run([*base, f"scorer={name}", *extra])
             stages = prepare(cfg)
@@ -78,7 +80,9 @@ def main() -> None:
                     plan = old.allocate(old.PruningConfig(sparsity=target), scores, structures, args.model)
                 else:
                     plan = allocate(type(cfg.pruning)(sparsity=target), scores, structures, args.model)
-                model = apply_plan(copy.deepcopy(loaded.model), plan, "slice")
+                model = copy.deepcopy(loaded.model)
+                stages.scorer.compensate(model, plan)  # FLAP's bias compensation, as the pipeline applies it
+                model = apply_plan(model, plan, "slice")
                 (ppl,) = wiki["ppl_wikitext2"].evaluate(model, loaded.tokenizer, EvalContext()).values()
                 heads = sum(
                     s.num_q_heads - len(lp.q_heads) for s, lp in zip(structures.layers, plan.layers, strict=True)
