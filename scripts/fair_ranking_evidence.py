@@ -2,8 +2,11 @@
 
 Scores each scorer once per version on the default calibration, allocates 30% and 40% with the old
 rule (a q_head unit scored by the sum of its heads; the allocator of ``--before``, a checkout of main
-before the change) and with the current one, and measures WikiText-2 perplexity (``benchmark=ppl_small``'s
-8 windows of 512 tokens) of each sliced plan. Writes a markdown table and the plan pictures to --out.
+before the change, e.g. ``git archive c29f414 rkuprune | tar -x -C /tmp/scorers_before``) and with the
+current one, lets the scorer compensate (FLAP's biases), slices, and measures WikiText-2 perplexity
+(``benchmark=ppl_small``'s 8 windows of 512 tokens). Versions: ``before`` (the scorer's old settings and
+the old rule), ``sum rule`` (today's scorer, the old rule: only for scorers whose settings changed) and
+``after``. Writes a markdown table and the plan pictures to --out.
 
     OMP_NUM_THREADS=2 flock /tmp/rkuprune-heavy.lock python scripts/fair_ranking_evidence.py \
         --before /tmp/scorers_before --out docs/scorers_evidence/fair_ranking
@@ -67,7 +70,10 @@ def main() -> None:
     base = [f"model={args.model}", "benchmark=ppl_small", f"data.root={args.data_root}", "logger=none"]
     for label in args.scorers:
         name, before_overrides = SCORERS[label]
-        for version, extra in (("before", before_overrides), ("after", [])):
+        # before: the scorer and the allocator as they were; sum rule: today's scorer under the old
+        # allocator (isolates the ranking rule); after: both as they are now
+        versions = [("before", before_overrides), ("sum rule", []), ("after", [])]
+        for version, extra in versions if before_overrides else [versions[0], versions[2]]:
             cfg = compose_run([*base, f"scorer={name}", *extra])
             stages = prepare(cfg)
             loaded = load_model(cfg.model)
@@ -76,7 +82,7 @@ def main() -> None:
             scores = stages.scorer.score(loaded.model, calibration)
             wiki = {k: t for k, t in build_tasks(cfg.benchmark, cfg.data).items() if k == "ppl_wikitext2"}
             for target in (0.3, 0.4):
-                if version == "before":
+                if version != "after":
                     plan = old.allocate(old.PruningConfig(sparsity=target), scores, structures, args.model)
                 else:
                     plan = allocate(type(cfg.pruning)(sparsity=target), scores, structures, args.model)
@@ -99,7 +105,8 @@ def main() -> None:
                 )
                 logging.info(rows[-1])
                 plan.measured_sparsity = plan.sparsity(structures)
-                plot_plan(plan, args.out / f"{label}_{version}_{target:g}.png", title=f"{args.model} {label} {version}")
+                picture = args.out / f"{label}_{version.replace(' ', '_')}_{target:g}.png"
+                plot_plan(plan, picture, title=f"{args.model} {label} {version}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text("\n".join(rows) + "\n")
 
