@@ -39,11 +39,11 @@ class LoRAConfig(RecoveryConfig):
     alpha: float = 16.0
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(ROLES))  # roles: q k v o gate up down
-    learning_rate: float = 2e-4
-    warmup_steps: int = 20  # linear warm-up, then linear decay to zero (as transformers' Trainer)
+    learning_rate: float = 5e-4
+    warmup_steps: int = 8  # linear warm-up, then linear decay to zero (as transformers' Trainer)
     weight_decay: float = 0.0
-    steps: int = 200  # optimizer steps
-    batch_size: int = 4  # sequences per micro-batch
+    steps: int = 80  # optimizer steps
+    batch_size: int = 2  # sequences per micro-batch
     grad_accumulation: int = 1  # micro-batches per optimizer step
     seqlen: int = 128
     source: str = "pydoc"  # a calibration source (train split), never an evaluation split
