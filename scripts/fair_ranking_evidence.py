@@ -30,7 +30,7 @@ from rkuprune.evaluation.base import EvalContext, build_tasks
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.loading import load_model
 from rkuprune.models.surgery import apply_plan
-from rkuprune.pipeline import prepare
+from rkuprune.pipeline import prepare, removed_summary
 from rkuprune.report.plan_picture import plot_plan
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -65,8 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     old = old_allocators(args.before)
-    rows = ["| scorer | version | target | measured | query heads removed | MLP channels removed | ppl/wikitext2@512 |"]
-    rows.append("|---|---|---:|---:|---:|---:|---:|")
+    rows = ["| scorer | version | target | measured | removed | ppl/wikitext2@512 |"]
+    rows.append("|---|---|---:|---:|---|---:|")
     base = [f"model={args.model}", "benchmark=ppl_small", f"data.root={args.data_root}", "logger=none"]
     for label in args.scorers:
         name, before_overrides = SCORERS[label]
@@ -90,18 +90,9 @@ def main() -> None:
                 stages.scorer.compensate(model, plan)  # FLAP's bias compensation, as the pipeline applies it
                 model = apply_plan(model, plan, "slice")
                 (ppl,) = wiki["ppl_wikitext2"].evaluate(model, loaded.tokenizer, EvalContext()).values()
-                heads = sum(
-                    s.num_q_heads - len(lp.q_heads) for s, lp in zip(structures.layers, plan.layers, strict=True)
-                )
-                channels = sum(
-                    s.intermediate_size - len(lp.mlp_channels)
-                    for s, lp in zip(structures.layers, plan.layers, strict=True)
-                )
-                total_heads = sum(s.num_q_heads for s in structures.layers)
-                total_channels = sum(s.intermediate_size for s in structures.layers)
                 rows.append(
                     f"| {label} | {version} | {target:g} | {plan.sparsity(structures):.3f} | "
-                    f"{heads}/{total_heads} | {channels}/{total_channels} | {ppl:.2f} |"
+                    f"{removed_summary(plan, structures)} | {ppl:.2f} |"
                 )
                 logging.info(rows[-1])
                 plan.measured_sparsity = plan.sparsity(structures)

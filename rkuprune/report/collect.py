@@ -75,7 +75,7 @@ def _differs(key: str, runs: list[dict[str, Any]]) -> bool:
 
 
 def variant_label(flat: dict[str, Any], peers: list[dict[str, Any]]) -> str:
-    """What else differs between runs of one model and scorer (e.g. the calibration), as a short label.
+    """What else differs between runs of one model and method (e.g. the calibration), as a short label.
 
     A config group whose ``name`` differs is shown as ``group=name`` alone: the fields of ``recovery=lora``
     differ from ``recovery=none`` only because the group changed. Its other fields are shown when they
