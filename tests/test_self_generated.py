@@ -54,7 +54,7 @@ def test_traces_come_from_the_model_in_hand(tmp_path, monkeypatch) -> None:
     assert int(dense.loss_mask.sum()) == dense.provenance["loss_tokens"]
 
 
-def test_traces_are_cached_by_model_plan_and_settings(tmp_path, monkeypatch) -> None:
+def test_traces_are_cached_by_weights_plan_and_settings(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("RKUPRUNE_CACHE", str(tmp_path))
     loaded = tiny("tiny-qwen2")
     first = source().build(loaded.tokenizer, DataConfig(), model=loaded.model)
@@ -68,6 +68,10 @@ def test_traces_are_cached_by_model_plan_and_settings(tmp_path, monkeypatch) -> 
     assert torch.equal(first.input_ids, second.input_ids)
     with pytest.raises(AssertionError, match="generated again"):
         source(temperature=0.9).build(loaded.tokenizer, DataConfig(), model=loaded.model)
+    other_weights = tiny("tiny-qwen2", seed=1)  # same config and (empty) name, other weights: its own traces
+    assert other_weights.model.config._name_or_path == loaded.model.config._name_or_path
+    with pytest.raises(AssertionError, match="generated again"):
+        source().build(other_weights.tokenizer, DataConfig(), model=other_weights.model)
 
 
 def test_a_model_without_a_chat_template_is_refused() -> None:

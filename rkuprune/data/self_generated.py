@@ -3,8 +3,8 @@ counts only the tokens it generated (the "decode-only" loss mask).
 
 The prompt is tokenised from the chat template and followed by the ids the model generated (never
 re-tokenised from the decoded text), so the mask boundary is exact; a trace ends with EOS only when
-the model generated it, not when the token limit cut it. Traces are cached on disk keyed by the
-model, the plan it was pruned with and the generation settings; the iterative schedule asks for new
+the model generated it, not when the token limit cut it. Traces are cached on disk keyed by a
+fingerprint of the model's weights, the plan it was pruned with and the generation settings; the iterative schedule asks for new
 traces from the pruned model when sparsity crosses ``pruning.regenerate_at``.
 """
 
@@ -127,13 +127,17 @@ class SelfGenerated(CalibrationSource):
         )
 
     def _answers(self, model: Any, tokenizer: Any, texts: list[str], plan: Any) -> tuple[list[list[int]], int]:
-        """Generated token ids per question (cached on disk by model, plan and settings)."""
+        """Generated token ids per question, cached on disk by weights, plan and settings: the weights'
+        fingerprint, not the model's name, so new weights behind the same path (or two random-config
+        models, which have no name) never share traces."""
         from rkuprune.generation import Sampling, generate
         from rkuprune.models.loading import cache_dir
+        from rkuprune.models.params import weights_fingerprint
 
         key_data = {
-            "format": 2,  # answers are the generated ids (format 1 re-tokenised the text and always added EOS)
+            "format": 3,  # 3: keyed by weights; 2: by model name; 1 re-tokenised the text and always added EOS
             "model": getattr(model.config, "_name_or_path", ""),
+            "weights": weights_fingerprint(model),
             "plan": plan.to_dict()["layers"] if plan is not None else "dense",
             "settings": asdict(self.cfg),
             "prompts": texts,
