@@ -99,7 +99,9 @@ def child(name: str, overrides: list[str]) -> dict[str, Any]:
     if name == "speed":
         settings = speed.SpeedConfig(prompt_length=64, decode_batches=[1, 8], new_tokens=8, repeats=1)
         out["dense"] = speed.measure(model, settings)
-        scores = REGISTRY.build(cfg.scorer).score(model, None)
+        magnitude = REGISTRY.build(cfg.scorer)
+        magnitude.bind(cfg.pruning)
+        scores = magnitude.score(model, None)
         plan = allocate(cfg.pruning, scores, adapter_for(model).structures(), base_model=cfg.model.name)
         apply_plan(model, plan, "slice")
         out["pruned"] = speed.measure(model, settings)
@@ -107,6 +109,7 @@ def child(name: str, overrides: list[str]) -> dict[str, Any]:
     calibration = CALIBRATION_SOURCES.build(cfg.calibration).build(loaded.tokenizer, cfg.data)
     out["tokens"] = calibration.num_tokens
     scorer = REGISTRY.build(cfg.scorer)
+    scorer.bind(cfg.pruning)  # a sequential scorer (wanda_sp) prunes as it scores, to the run's target
     call = (
         (lambda: reference_step(model, calibration))
         if name == "reference"

@@ -58,6 +58,7 @@ def measure(name: str, overrides: list[str], repeats: int) -> dict[str, Any]:
     loaded = load_model(cfg.model)
     calibration = CALIBRATION_SOURCES.build(cfg.calibration).build(loaded.tokenizer, cfg.data)
     scorer = SCORERS.build(cfg.scorer)
+    scorer.bind(cfg.pruning)  # a sequential scorer (wanda_sp) prunes as it scores, to the run's target
     call = (
         (lambda: reference_step(loaded.model, calibration))
         if name == "reference"

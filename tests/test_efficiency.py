@@ -137,6 +137,41 @@ def test_gpu_check_without_cuda_says_so_in_one_line(tmp_path, monkeypatch, capsy
     assert not (tmp_path / "out").exists()
 
 
+def test_gpu_check_runs_its_stages_on_the_cpu_and_keeps_going_past_a_failed_one(tmp_path, monkeypatch) -> None:
+    """The first GPU run must not be the script's first run: the same code on a tiny shape, with the
+    gisp pass failing as an out-of-memory would, records the error and still prunes and measures."""
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    from rkuprune.scoring.gisp import GispScorer
+
+    def out_of_memory(*args: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(GispScorer, "score", out_of_memory)
+    out = tmp_path / "out"
+    argv = ["--device", "cpu", "--shape", "tiny-qwen3", "--tokens", "1024", "--out", str(out)]
+    assert gpu_check.main([*argv, "--prompt-length", "16", "--new-tokens", "2"]) == 1  # a stage failed
+    results = json.loads((out / "gpu_check.json").read_text())
+    stages = results["stages"]
+    assert list(stages) == [
+        "build model",
+        "dense speed",
+        "gisp scoring pass (dense)",
+        "rku scoring",
+        "slice",
+        "pruned speed",
+    ]
+    assert (
+        stages["gisp scoring pass (dense)"]["error"]
+        == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
+    )
+    assert all("error" not in s and s["peak_gib"] > 0 for n, s in stages.items() if not n.startswith("gisp"))
+    assert 0.3 < results["pruned"]["sparsity"] < 0.5  # pruned near the target (the budget is tested in test_allocation)
+    assert results["speed"]["ideal_speedup"] > 1 and set(results["speed"]["ratio"]) >= {"decode_tokens_per_s@b16"}
+    assert "failed: OutOfMemoryError" in (out / "gpu_check.md").read_text()
+
+
 def test_progress_logs_an_eta_when_output_is_not_a_terminal(monkeypatch, caplog) -> None:
     from rkuprune.tracking import progress
 

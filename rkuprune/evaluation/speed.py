@@ -73,7 +73,7 @@ def input_device(model: nn.Module) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -87,10 +87,10 @@ def _median_seconds(run: Callable[[], float], cfg: SpeedConfig, warmup: int | No
 
 
 def _timed(run: Callable[[], Any], device: torch.device) -> float:
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     run()
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -102,12 +102,12 @@ def _decode(model: nn.Module, ids: torch.Tensor, steps: int) -> tuple[Any, float
     """Prefill ``ids``, then ``steps`` greedy single-token steps with the cache; the decode seconds only."""
     out = _prefill(model, ids)
     cache, token = out[CACHE_KEY], out.logits[:, -1].argmax(-1, keepdim=True)
-    _synchronize(ids.device)
+    synchronize(ids.device)
     start = time.perf_counter()
     for _ in range(steps):
         out = model(input_ids=token.to(ids.device), use_cache=True, **{CACHE_KEY: cache})
         cache, token = out[CACHE_KEY], out.logits[:, -1].argmax(-1, keepdim=True)
-    _synchronize(ids.device)
+    synchronize(ids.device)
     return cache, time.perf_counter() - start
 
 
