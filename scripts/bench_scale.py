@@ -39,9 +39,9 @@ from bench_scorers import reference_step, rss_kib  # noqa: E402
 SHAPES = ("qwen2.5-7b-shape", "llama3-8b-shape", "qwen3-8b-shape")
 SCORERS = ("rku", "gisp", "taylor", "wanda_sp", "flap", "magnitude")
 # Full-size gradient memory: (projections per layer, bytes per weight). gisp keeps an fp32 mean gradient of
-# q, o, gate, up, down and receives each micro-batch's gradient of them in the model dtype (bf16: 4 + 2);
-# taylor reduces every micro-batch at once but receives the bf16 gradient of all seven projections.
-GRADIENT_BUFFERS = {"gisp": (5, 6), "taylor": (7, 2)}
+# q, o, gate, up, down, taylor of all seven projections; each micro-batch's gradients stream into them as
+# backward computes them (capture.streaming_grads), so only the few in flight are held besides.
+GRADIENT_BUFFERS = {"gisp": (5, 4), "taylor": (7, 4)}
 DEPTHS = (1, 2)
 log = logging.getLogger("bench_scale")
 

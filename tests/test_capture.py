@@ -11,7 +11,7 @@ from rkuprune.models.adapters import adapter_for
 from rkuprune.scoring.capture import FeatureStats, run_calibration, sites, token_mask
 from rkuprune.scoring.objectives import OBJECTIVES
 from rkuprune.scoring.rku import KineticUtility
-from tests.conftest import tiny
+from tests.conftest import in_float64, tiny
 
 
 def padded_calibration(batch_size: int, vocab: int = 259, seed: int = 0) -> CalibrationSet:
@@ -109,6 +109,36 @@ def test_hooks_are_removed_and_requires_grad_flags_restored() -> None:
     assert all(p.grad is None for p in model.parameters())
     for module in model.modules():
         assert not module._forward_pre_hooks and not module._forward_hooks
+
+
+def test_weight_gradients_stream_out_one_at_a_time_and_sum_to_the_full_gradient() -> None:
+    """Each weight's gradient is handed over as backward reaches it (last layer first) and released, so
+    no two are ever held together; summed over micro-batches they equal one gradient of the whole set."""
+    model = in_float64(tiny("tiny-qwen2").model)
+    weights = [layer.mlp.down_proj.weight for layer in model.model.layers]
+    stale = torch.full_like(weights[0], 7.0)
+    weights[0].grad = stale  # a gradient the caller held before the pass: untouched by it
+    totals = [torch.zeros_like(w) for w in weights]
+    order, held = [], []
+
+    def on_weight_grad(index: int, grad: torch.Tensor) -> None:
+        order.append(index)
+        held.append(sum(w.grad is not None for w in weights))
+        totals[index] += grad
+
+    objective = OBJECTIVES["lm_loss"]
+    run_calibration(model, padded_calibration(2), objective=objective, weights=weights, on_weight_grad=on_weight_grad)
+    last_first = list(reversed(range(len(weights))))
+    assert order == last_first * 3 and held == [1] * len(order)  # three micro-batches, one gradient at a time
+    assert weights[0].grad is stale and all(w.grad is None for w in weights[1:])
+
+    (batch,) = padded_calibration(6).batches(torch.device("cpu"))
+    hidden = adapter_for(model).decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    full = torch.autograd.grad(
+        objective.total(model, hidden.last_hidden_state, batch) / objective.count(batch), weights
+    )
+    for total, expected in zip(totals, full, strict=True):
+        torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-15)  # float64: summation order only
 
 
 def test_a_calibration_with_no_countable_token_is_an_error() -> None:

@@ -222,23 +222,26 @@ def run_calibration(
     reducer: Reducer | None = None,
     objective: Objective | None = None,
     weights: Sequence[nn.Parameter] = (),
-    on_weight_grads: Callable[[tuple[torch.Tensor, ...]], None] | None = None,
+    on_weight_grad: Callable[[int, torch.Tensor], None] | None = None,
     skip_first: bool = True,
 ) -> None:
     """Pass the calibration set through ``model`` once, micro-batch by micro-batch.
 
     Without an objective: a no-grad forward; ``reducer.forward`` sees every site. With one: Φ of each
     batch (scaled so the batches sum to the calibration mean) is differentiated with every parameter
-    frozen except ``weights``; ``reducer.backward`` sees dΦ/da at every site, and ``on_weight_grads``
-    gets dΦ/dW for ``weights`` (returned by autograd, never stored in ``.grad``). ``skip_first``: see
-    ``token_mask``.
+    frozen except ``weights``; ``reducer.backward`` sees dΦ/da at every site, and ``on_weight_grad(i, g)``
+    gets dΦ/dW for ``weights[i]`` as soon as the backward pass has computed it, which is then released:
+    only the weight gradients in flight are held, never all of them (on an 8B model that is the
+    difference between a few layers' worth and 12 GiB). ``.grad`` of ``weights`` is as before
+    afterwards. ``skip_first``: see ``token_mask``.
     """
     batches = _batches(model, calibration, skip_first)
     gradients = objective is not None
     capture = Capture(model, reducer, gradients) if reducer is not None else None
     total = sum(objective.count(b) for b in batches) if objective is not None else 0
     decoder = adapter_for(model).decoder()
-    with frozen(model, weights), capture or nullcontext(), torch.set_grad_enabled(gradients):
+    streamed = streaming_grads(weights, on_weight_grad) if gradients else nullcontext()
+    with frozen(model, weights), capture or nullcontext(), torch.set_grad_enabled(gradients), streamed:
         for batch in progress(batches, "scoring" if gradients else "calibration forward", log):
             if capture is not None:
                 capture.mask = token_mask(batch, skip_first)
@@ -247,9 +250,38 @@ def run_calibration(
                 continue
             phi = objective.total(model, out.last_hidden_state, batch) / max(total, 1)
             targets = [*weights, *([capture.leaf] if capture is not None else [])]
-            grads = torch.autograd.grad(phi, targets)
-            if on_weight_grads is not None:
-                on_weight_grads(grads[: len(weights)])
+            torch.autograd.backward(phi, inputs=targets)
+            if capture is not None:
+                capture.leaf.grad = None
+
+
+@contextmanager
+def streaming_grads(
+    weights: Sequence[nn.Parameter], on_weight_grad: Callable[[int, torch.Tensor], None] | None
+) -> Iterator[None]:
+    """Hand each weight's gradient to ``on_weight_grad`` the moment backward accumulates it, then drop it
+    (a post-accumulate-grad hook); ``.grad`` is cleared for the pass and given back afterwards."""
+    saved = [w.grad for w in weights]
+
+    def consume(index: int) -> Callable[[torch.Tensor], None]:
+        def hook(weight: torch.Tensor) -> None:
+            if on_weight_grad is not None:
+                on_weight_grad(index, weight.grad)
+            weight.grad = None
+
+        return hook
+
+    handles = []
+    try:
+        for index, weight in enumerate(weights):
+            weight.grad = None
+            handles.append(weight.register_post_accumulate_grad_hook(consume(index)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for weight, grad in zip(weights, saved, strict=True):
+            weight.grad = grad
 
 
 class _LayerCalls:
@@ -323,28 +355,33 @@ def run_sequential(
 
 def weight_saliency(
     model: nn.Module, calibration: CalibrationSet | None, objective: Objective, roles: Sequence[str]
-) -> list[dict[str, torch.Tensor]]:
+) -> Iterator[dict[str, torch.Tensor]]:
     """Per layer and role, |W ⊙ ḡ| (at least fp32), ḡ the objective's gradient with respect to the role's
     weight summed over the calibration batches (the objective is already a calibration mean).
 
     Gradients are taken with respect to the Linears that hold the roles (once for a fused Linear) and
     split into roles afterwards: a block of rows of a fused weight is not a leaf autograd can target.
+    Layers are yielded one at a time (the pass runs at the first), each layer's ḡ released once its
+    saliency is built: the full-size saliency of every layer never exists at once.
     """
     adapter = adapter_for(model)
     per_layer = [{r: p for r, p in adapter.roles(layer).items() if r in roles} for layer in adapter.layers()]
     weights = list({id(p.linear.weight): p.linear.weight for held in per_layer for p in held.values()}.values())
     totals = [at_least_fp32(torch.zeros_like(w)) for w in weights]
 
-    def accumulate(grads: tuple[torch.Tensor, ...]) -> None:
-        for total, grad in zip(totals, grads, strict=True):
-            total += grad
+    def accumulate(index: int, grad: torch.Tensor) -> None:
+        totals[index] += grad
 
-    run_calibration(model, calibration, objective=objective, weights=weights, on_weight_grads=accumulate)
+    run_calibration(model, calibration, objective=objective, weights=weights, on_weight_grad=accumulate)
     mean_grad = {id(w): total for w, total in zip(weights, totals, strict=True)}
-    return [
-        {r: (at_least_fp32(p.weight.detach()) * p.of(mean_grad[id(p.linear.weight)])).abs() for r, p in held.items()}
-        for held in per_layer
-    ]
+    totals.clear()
+    for held in per_layer:
+        layer = {
+            r: (at_least_fp32(p.weight.detach()) * p.of(mean_grad[id(p.linear.weight)])).abs() for r, p in held.items()
+        }
+        for p in held.values():
+            mean_grad.pop(id(p.linear.weight), None)
+        yield layer
 
 
 def unit_saliency(structure: LayerStructure, per_role: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
