@@ -28,8 +28,7 @@ from rkuprune.models.adapters import adapter_for
 from rkuprune.models.io import save_pruned
 from rkuprune.models.loading import LoadedModel, cache_dir, check_model_config, load_model, peek_model
 from rkuprune.models.params import count_params, sparsity, total_reduction, weights_fingerprint
-from rkuprune.models.plan import UNIT_LABELS, PruningPlan
-from rkuprune.models.structures import Structures
+from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import apply_plan
 from rkuprune.recovery import RECOVERY, Recovery
 from rkuprune.report.plan_picture import plot_plan
@@ -131,7 +130,7 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
             "allocation (%s, target sparsity %g): %s",
             cfg.pruning.allocation,
             cfg.pruning.sparsity,
-            removed_summary(plan, structures),
+            plan.removed_summary(structures),
         )
         with record.timed("prune_s"):
             prune(cfg, loaded, plan, record, stages.scorer)
@@ -191,16 +190,6 @@ def record_scoring_rate(calibration: CalibrationSet | None, record: RunRecord) -
     if calibration is not None and seconds:
         record.update("efficiency", {"scoring_tokens_per_s": calibration.num_tokens / seconds})
         log.info("scored in %.1f s (%.0f calibration tokens/s)", seconds, calibration.num_tokens / seconds)
-
-
-def removed_summary(plan: PruningPlan, structures: Structures) -> str:
-    """Removed query heads, KV heads, MLP channels and whole layers, out of the dense totals."""
-    kept, dense = plan.layer_counts(), PruningPlan.dense(structures).layer_counts()
-    parts = []
-    for field, label in UNIT_LABELS.items():
-        total = sum(getattr(c, field) for c in dense)
-        parts.append(f"{total - sum(getattr(c, field) for c in kept)}/{total} {label}")
-    return ", ".join(parts) + f", {sum(c.removed for c in kept)}/{len(structures)} layers removed"
 
 
 def measure_speed(cfg: speed.SpeedConfig, loaded: LoadedModel, which: str) -> dict[str, Any] | None:

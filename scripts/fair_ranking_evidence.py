@@ -30,7 +30,7 @@ from rkuprune.evaluation.base import EvalContext, build_tasks
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.loading import load_model
 from rkuprune.models.surgery import apply_plan
-from rkuprune.pipeline import prepare, removed_summary
+from rkuprune.pipeline import prepare
 from rkuprune.report.plan_picture import plot_plan
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -92,7 +92,7 @@ def main() -> None:
                 (ppl,) = wiki["ppl_wikitext2"].evaluate(model, loaded.tokenizer, EvalContext()).values()
                 rows.append(
                     f"| {label} | {version} | {target:g} | {plan.sparsity(structures):.3f} | "
-                    f"{removed_summary(plan, structures)} | {ppl:.2f} |"
+                    f"{plan.removed_summary(structures)} | {ppl:.2f} |"
                 )
                 logging.info(rows[-1])
                 plan.measured_sparsity = plan.sparsity(structures)

@@ -84,7 +84,6 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     from rkuprune.models.loading import ModelConfig, load_model
     from rkuprune.models.params import count_params, sparsity
     from rkuprune.models.surgery import apply_plan
-    from rkuprune.pipeline import removed_summary
     from rkuprune.scoring import SCORERS
 
     arch = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / f"{args.shape}.yaml"))["arch"]
@@ -140,7 +139,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     if "error" in results["stages"]["slice"]:
         return results
     results["pruned"] = {"sparsity": round(sparsity(before, count_params(model)), 4)}
-    results["pruned"]["removed"] = removed_summary(plan, structures)
+    results["pruned"]["removed"] = plan.removed_summary(structures)
     pruned = run.stage("pruned speed", lambda: speed.measure(model, speed_cfg))
     if dense is not None and pruned is not None:
         results["speed"] = {"settings": speed.settings(speed_cfg, model), "dense": dense, "pruned": pruned}

@@ -8,7 +8,6 @@ import pytest
 from rkuprune.models.adapters import adapter_for
 from rkuprune.models.plan import LayerCounts, LayerPlan, PruningPlan
 from rkuprune.models.structures import LayerStructure, Structures
-from rkuprune.pipeline import removed_summary
 from rkuprune.report.__main__ import main as report_main
 from rkuprune.report.plan_picture import plot_plan, read_plan_picture
 from tests.conftest import random_plan, tiny
@@ -40,7 +39,7 @@ def test_layer_counts_and_the_summary_of_a_hand_built_plan() -> None:
         LayerCounts(1, q_heads=0, kv_heads=0, mlp_channels=0, removed=True),
         LayerCounts(2, q_heads=2, kv_heads=2, mlp_channels=1),
     ]
-    summary = removed_summary(plan, structures)
+    summary = plan.removed_summary(structures)
     assert summary == "6/12 query heads, 2/6 KV heads, 20/24 MLP channels, 1/3 layers removed"
 
 

@@ -164,6 +164,15 @@ class PruningPlan:
         counts += [LayerCounts(index, 0, 0, 0, removed=True) for index in self.removed_layers]
         return sorted(counts, key=lambda c: c.index)
 
+    def removed_summary(self, structures: Structures) -> str:
+        """Removed query heads, KV heads, MLP channels and whole layers, out of the dense totals."""
+        kept, dense = self.layer_counts(), PruningPlan.dense(structures).layer_counts()
+        parts = []
+        for field_name, label in UNIT_LABELS.items():
+            total = sum(getattr(c, field_name) for c in dense)
+            parts.append(f"{total - sum(getattr(c, field_name) for c in kept)}/{total} {label}")
+        return ", ".join(parts) + f", {sum(c.removed for c in kept)}/{len(structures)} layers removed"
+
     def is_uniform(self) -> bool:
         """True when every kept layer has the same head and channel counts (plain HF config can describe it)."""
         shapes = {(len(lp.q_heads), len(lp.kv_heads), len(lp.mlp_channels)) for lp in self.layers}
