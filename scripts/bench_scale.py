@@ -208,7 +208,8 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for shape_name, shape in results["shapes"].items():
         full = shape.get("full", {})
-        for name in ["reference", *SCORERS]:
+        measured_names = {name for measured in shape["depths"].values() for name in measured}
+        for name in [n for n in ["reference", *SCORERS] if n in measured_names]:
             cells = []
             for depth in ("1", "2"):
                 measured, ref = shape["depths"][depth].get(name, {}), shape["depths"][depth]["reference"]
@@ -256,6 +257,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.overrides)))
         return
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"bench_scale: --device {args.device} but no CUDA device is visible; use --device cpu")
     if args.report:
         results = json.loads(args.report.read_text())
         for shape in results["shapes"].values():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from typing import Any
 
 import pytest
 import torch
@@ -126,10 +127,16 @@ def test_ratios_and_flattening() -> None:
     }
 
 
+def script(name: str) -> Any:
+    """A module of scripts/, loaded from its file (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_gpu_check_without_cuda_says_so_in_one_line(tmp_path, monkeypatch, capsys) -> None:
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = script("gpu_check")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_check.main(["--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
@@ -137,12 +144,21 @@ def test_gpu_check_without_cuda_says_so_in_one_line(tmp_path, monkeypatch, capsy
     assert not (tmp_path / "out").exists()
 
 
+def test_bench_scale_on_cuda_without_cuda_says_so_in_one_line(tmp_path, monkeypatch) -> None:
+    bench_scale = script("bench_scale")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("sys.argv", ["bench_scale.py", "--device", "cuda", "--out", str(tmp_path / "out")])
+    with pytest.raises(
+        SystemExit, match=r"^bench_scale: --device cuda but no CUDA device is visible; use --device cpu$"
+    ):
+        bench_scale.main()
+    assert not (tmp_path / "out").exists()
+
+
 def test_gpu_check_runs_its_stages_on_the_cpu_and_keeps_going_past_a_failed_one(tmp_path, monkeypatch) -> None:
     """The first GPU run must not be the script's first run: the same code on a tiny shape, with the
     gisp pass failing as an out-of-memory would, records the error and still prunes and measures."""
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = script("gpu_check")
     from rkuprune.scoring.gisp import GispScorer
 
     def out_of_memory(*args: object) -> None:
