@@ -124,7 +124,6 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     gisp = SCORERS.build(SCORERS.get("gisp").config())
     gisp.bind(pruning)
     run.stage("gisp scoring pass (dense)", lambda: gisp.score(model, calibration(args.gisp_batch_size)))
-    model.zero_grad(set_to_none=True)
     rku = SCORERS.build(SCORERS.get("rku").config())
     rku.bind(pruning)
     rku_calibration = calibration(args.batch_size)

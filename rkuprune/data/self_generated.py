@@ -4,8 +4,9 @@ counts only the tokens it generated (the "decode-only" loss mask).
 The prompt is tokenised from the chat template and followed by the ids the model generated (never
 re-tokenised from the decoded text), so the mask boundary is exact; a trace ends with EOS only when
 the model generated it, not when the token limit cut it. Traces are cached on disk keyed by a
-fingerprint of the model's weights, the plan it was pruned with and the generation settings; the iterative schedule asks for new
-traces from the pruned model when sparsity crosses ``pruning.regenerate_at``.
+fingerprint of the model's weights, the plan it was pruned with and the generation settings; the
+iterative schedule asks for new traces from the pruned model when sparsity crosses
+``pruning.regenerate_at``.
 """
 
 from __future__ import annotations
