@@ -40,7 +40,7 @@ def prune(model: torch.nn.Module, tokenizer: object, scorer: str):
     return plan
 
 
-@pytest.mark.parametrize("scorer", ["rku", "wanda_sp"])
+@pytest.mark.parametrize("scorer", ["rku", "wanda_sp", "taylor"])  # activation, sequential, weight-gradient
 def test_device_mapped_model_gives_the_same_plan_and_logits(scorer: str, tmp_path) -> None:
     single, mapped = tiny("tiny-qwen2"), tiny("tiny-qwen2")
     for loaded in (single, mapped):
