@@ -32,7 +32,7 @@ from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import apply_plan
 from rkuprune.recovery import RECOVERY, Recovery
 from rkuprune.report.plan_picture import plot_plan
-from rkuprune.scoring.base import SCORERS, Scorer
+from rkuprune.scoring.base import SCORERS, Scorer, check_buffer_memory
 from rkuprune.tracking.atomic import write_json
 from rkuprune.tracking.records import RESULTS_FILE, RunRecord, read_results
 from rkuprune.tracking.trackers import TRACKERS, Tracker
@@ -119,6 +119,7 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
             loaded = load_model(cfg.model)
         structures = adapter_for(loaded.model).structures()
         check_feasible(cfg.pruning, structures)
+        check_buffer_memory(stages.scorer, loaded.model)
         calibration = build_calibration(stages, loaded, cfg, record)
         dense = evaluate_dense(stages.tasks, loaded, cfg, ctx, record)
         dense_speed = measure_speed(cfg.benchmark.speed, loaded, "dense")

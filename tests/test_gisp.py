@@ -216,3 +216,31 @@ def test_loss_weighting_matches_the_reference_per_sample_and_pooled(lengths: tup
 def test_an_unknown_loss_weighting_names_the_field() -> None:
     with pytest.raises(ConfigError, match=r"scorer\.loss_weighting: 'tokens' is not one of per_sample, pooled"):
         SCORERS.build(GispConfig(loss_weighting="tokens")).check()
+
+
+def test_gradient_accumulators_are_counted_and_a_run_they_cannot_fit_stops_before_evaluating(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    import json
+
+    from rkuprune.scoring.taylor import TaylorConfig
+    from tests.test_app import run_cli
+
+    model = tiny("tiny-qwen3").model.to(torch.bfloat16)
+    c = model.config
+    q_rows, kv_rows = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    gisp_weights = 2 * q_rows * c.hidden_size + 3 * c.intermediate_size * c.hidden_size  # q, o, gate, up, down
+    taylor_weights = gisp_weights + 2 * kv_rows * c.hidden_size  # and k, v
+    fp32, cpu, layers = 4, torch.device("cpu"), c.num_hidden_layers  # fp32 accumulators for a bf16 model
+    assert SCORERS.build(GispConfig()).buffer_bytes(model) == {cpu: fp32 * gisp_weights * layers}
+    assert SCORERS.build(TaylorConfig()).buffer_bytes(model) == {cpu: fp32 * taylor_weights * layers}
+    assert SCORERS.build(SCORERS.get("rku").config()).buffer_bytes(model) == {}
+
+    monkeypatch.setattr("rkuprune.scoring.base.free_memory", lambda device: 1000)
+    args = ["model=tiny-qwen3", "logger=none", "scorer=gisp", "pruning.steps=2", f"hydra.run.dir={tmp_path}"]
+    code, _, err = run_cli([*args, "pruning.trajectory_end=0.5"], monkeypatch, capsys)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert code != 0 and results["status"] == "failed"
+    assert set(results["efficiency"]) == {"load_s"} and results["dense_metrics"] == {}  # stopped right after loading
+    assert results["error"].startswith("ConfigError: scorer: 'gisp' needs 0.0 GiB of fp32 gradient accumulators on cpu")
+    assert "scorer=rku" in err.splitlines()[-1]

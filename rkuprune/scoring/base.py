@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+import psutil
 import torch
 from torch import nn
 
@@ -16,6 +18,9 @@ from rkuprune.registry import Registry
 
 if TYPE_CHECKING:
     from rkuprune.allocation.allocators import PruningConfig
+
+log = logging.getLogger(__name__)
+GIB = 2**30
 
 
 @dataclass
@@ -96,6 +101,39 @@ class Scorer:
 
     def compensate(self, model: nn.Module, plan: PruningPlan) -> None:
         """Adjust the kept weights for what ``plan`` removes, before slicing (FLAP's bias; default: nothing)."""
+
+    def buffer_bytes(self, model: nn.Module) -> dict[torch.device, int]:
+        """Per device, what the scorer holds beside the weights for the whole pass whatever the calibration
+        (the gradient scorers' full-size accumulators; default: nothing)."""
+        return {}
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on ``device``: free CUDA memory, or the RAM available on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return psutil.virtual_memory().available
+
+
+def check_buffer_memory(scorer: Scorer, model: nn.Module) -> None:
+    """Refuse, before the dense evaluation and the scoring pass spend minutes, a scorer whose full-size
+    buffers cannot fit beside the loaded weights (the activations of each micro-batch come on top)."""
+    for device, need in scorer.buffer_bytes(model).items():
+        free = free_memory(device)
+        log.info(
+            "%s holds %.1f GiB of gradient accumulators on %s (%.1f GiB free)",
+            scorer.cfg.name,
+            need / GIB,
+            device,
+            free / GIB,
+        )
+        if need > free:
+            raise ConfigError(
+                "scorer",
+                f"'{scorer.cfg.name}' needs {need / GIB:.1f} GiB of fp32 gradient accumulators on {device} beside the "
+                f"weights and {free / GIB:.1f} GiB are free; use scorer=rku (no weight gradients) or spread the "
+                "model over more GPUs (model.device_map=auto)",
+            )
 
 
 SCORERS: Registry[Scorer] = Registry("scorer")

@@ -26,7 +26,7 @@ from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import ConfigError
-from rkuprune.models.adapters import adapter_for
+from rkuprune.models.adapters import Projection, adapter_for
 from rkuprune.models.structures import LayerStructure
 from rkuprune.precision import at_least_fp32
 from rkuprune.scoring.base import LayerScores, Scores
@@ -353,6 +353,23 @@ def run_sequential(
             hidden = [_call_layer(layer, h, call) for h, call in zip(hidden, recorder.calls[index], strict=True)]
 
 
+def role_weights(model: nn.Module, roles: Sequence[str]) -> tuple[list[dict[str, Projection]], list[nn.Parameter]]:
+    """Per layer the projections of ``roles``, and the distinct weights holding them (a fused Linear once)."""
+    adapter = adapter_for(model)
+    per_layer = [{r: p for r, p in adapter.roles(layer).items() if r in roles} for layer in adapter.layers()]
+    weights = list({id(p.linear.weight): p.linear.weight for held in per_layer for p in held.values()}.values())
+    return per_layer, weights
+
+
+def accumulator_bytes(model: nn.Module, roles: Sequence[str]) -> dict[torch.device, int]:
+    """Per device, the bytes of the full-size (at least fp32) gradient accumulators ``weight_saliency``
+    allocates for ``roles``: known before any calibration token is seen."""
+    per_device: dict[torch.device, int] = {}
+    for weight in role_weights(model, roles)[1]:
+        per_device[weight.device] = per_device.get(weight.device, 0) + weight.numel() * max(weight.element_size(), 4)
+    return per_device
+
+
 def weight_saliency(
     model: nn.Module, calibration: CalibrationSet | None, objective: Objective, roles: Sequence[str]
 ) -> Iterator[dict[str, torch.Tensor]]:
@@ -364,9 +381,7 @@ def weight_saliency(
     Layers are yielded one at a time (the pass runs at the first), each layer's ḡ released once its
     saliency is built: the full-size saliency of every layer never exists at once.
     """
-    adapter = adapter_for(model)
-    per_layer = [{r: p for r, p in adapter.roles(layer).items() if r in roles} for layer in adapter.layers()]
-    weights = list({id(p.linear.weight): p.linear.weight for held in per_layer for p in held.values()}.values())
+    per_layer, weights = role_weights(model, roles)
     totals = [at_least_fp32(torch.zeros_like(w)) for w in weights]
 
     def accumulate(index: int, grad: torch.Tensor) -> None:

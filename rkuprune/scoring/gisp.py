@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import check_choice
 from rkuprune.models.adapters import adapter_for
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
-from rkuprune.scoring.capture import unit_saliency, weight_saliency
+from rkuprune.scoring.capture import accumulator_bytes, unit_saliency, weight_saliency
 from rkuprune.scoring.objectives import OBJECTIVES, Objective, PerSampleMean
 
 LOSS_WEIGHTINGS = ("per_sample", "pooled")
@@ -62,6 +63,9 @@ class GispScorer(Scorer):
         """The causal-LM loss, averaged per sample or pooled over tokens as configured."""
         loss = OBJECTIVES["lm_loss"]
         return PerSampleMean(loss) if self.cfg.loss_weighting == "per_sample" else loss
+
+    def buffer_bytes(self, model: nn.Module) -> dict[torch.device, int]:
+        return accumulator_bytes(model, SCORED_ROLES)
 
     def score(self, model: nn.Module, calibration: CalibrationSet | None) -> Scores:
         adapter = adapter_for(model)

@@ -38,7 +38,7 @@ from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import check_choice
 from rkuprune.models.adapters import ROLES, adapter_for
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
-from rkuprune.scoring.capture import unit_saliency, weight_saliency
+from rkuprune.scoring.capture import accumulator_bytes, unit_saliency, weight_saliency
 from rkuprune.scoring.objectives import OBJECTIVES
 
 SCOPES = ("global", "layer")
@@ -58,6 +58,9 @@ class TaylorScorer(Scorer):
 
     def check(self) -> None:
         check_choice("scorer.scope", self.cfg.scope, SCOPES)
+
+    def buffer_bytes(self, model: nn.Module) -> dict[torch.device, int]:
+        return accumulator_bytes(model, ROLES)
 
     def score(self, model: nn.Module, calibration: CalibrationSet | None) -> Scores:
         self.check()
