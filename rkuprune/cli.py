@@ -1,16 +1,20 @@
 """``python -m rkuprune``: the Hydra app. Configuration errors print one line and exit 2.
 
 A run holds a lock on its folder (a second live run there is refused), turns SIGTERM into a recorded
-failure like Ctrl-C, and a sweep exits non-zero when any of its jobs failed.
+failure like Ctrl-C, and a sweep exits non-zero when any of its jobs failed, wherever the launcher ran
+them (in this process, in submitit's local processes or on SLURM nodes): each job writes its outcome
+into its folder, tagged with the sweep's id, and the launching process reads them back.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +24,7 @@ from typing import IO
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -28,9 +33,12 @@ from rkuprune.config import register_configs, to_container
 from rkuprune.errors import ConfigError, RkupruneError
 from rkuprune.pipeline import run
 from rkuprune.report.summary import print_summary
+from rkuprune.tracking.atomic import write_json
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 LOCK_FILE = ".rkuprune.lock"
+OUTCOME_FILE = ".rkuprune.outcome.json"
+SWEEP_ID = "RKUPRUNE_SWEEP_ID"
 
 register_configs()
 
@@ -44,34 +52,63 @@ class Terminated(BaseException):
         super().__init__("the run received SIGTERM (time limit, kill or container stop)")
 
 
-class SweepFailures:
-    """Jobs of this process's sweep that failed (the basic launcher runs them in this process)."""
+class SweepOutcome(Callback):
+    """Hydra callback (conf/config.yaml) in the process that launches a sweep: give the sweep an id that
+    its jobs inherit through the environment (SLURM and submitit pass it on), then read back the outcome
+    every job of this id wrote into its folder. A job killed before it could finish stays "running"."""
 
-    jobs = 0
-    failed: list[str] = []
+    jobs: list[dict[str, str]] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        os.environ[SWEEP_ID] = uuid.uuid4().hex
+        SweepOutcome.jobs = []
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
+        sweep_id = os.environ.pop(SWEEP_ID, None)
+        for path in sorted(Path(config.hydra.sweep.dir).rglob(OUTCOME_FILE)):
+            try:
+                outcome = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if outcome.get("sweep") == sweep_id:
+                SweepOutcome.jobs.append({**outcome, "dir": str(path.parent)})
+
+    @classmethod
+    def failed(cls) -> list[dict[str, str]]:
+        return [job for job in cls.jobs if job["status"] != "completed"]
+
+
+def record_outcome(run_dir: Path, status: str, error: str | None = None) -> None:
+    """A sweep job's outcome for the launching process (``SweepOutcome``); nothing outside a sweep."""
+    if SWEEP_ID in os.environ:
+        write_json(run_dir / OUTCOME_FILE, {"sweep": os.environ[SWEEP_ID], "status": status, "error": error})
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def app(cfg: DictConfig) -> float | None:
-    """One job. In a sweep a failed job is recorded (results.json says why) and the sweep goes on."""
+    """One job. In a sweep a failed job is recorded (results.json and its outcome say why) and the sweep goes on."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    SweepFailures.jobs += 1
+    record_outcome(run_dir, "running")
     try:
         with run_lock(run_dir), sigterm_raises():
             results = run(OmegaConf.to_object(cfg), run_dir, to_container(cfg))
     except (RkupruneError, OmegaConfBaseException) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
+        record_outcome(run_dir, "failed", one_line(exc))
         if multirun:
-            SweepFailures.failed.append(str(run_dir))
             return None
         sys.exit(2)
     except Exception as exc:
+        record_outcome(run_dir, "failed", f"{type(exc).__name__}: {one_line(exc)}")
         if not multirun:
             raise
         print(f"error: {run_dir}: {type(exc).__name__}: {one_line(exc)} (traceback in results.json)", file=sys.stderr)
-        SweepFailures.failed.append(str(run_dir))
         return None
+    except BaseException as exc:  # SIGTERM or Ctrl-C: recorded, then the job stops as before
+        record_outcome(run_dir, "failed", one_line(exc))
+        raise
+    record_outcome(run_dir, "completed")
     print_summary(results, run_dir)
     return results["pruning"].get("measured_sparsity")
 
@@ -135,7 +172,7 @@ def one_line(exc: BaseException) -> str:
 def main() -> None:
     # Let exceptions reach us instead of Hydra's multi-line report, so config errors fit one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    SweepFailures.jobs, SweepFailures.failed = 0, []
+    SweepOutcome.jobs = []
     try:
         app()
     except (RkupruneError, ConfigCompositionException, OmegaConfBaseException) as exc:
@@ -147,10 +184,12 @@ def main() -> None:
     except Terminated as exc:
         print(f"error: {exc}; results.json records the run as failed", file=sys.stderr)
         sys.exit(Terminated.exit_code)
-    if SweepFailures.failed:
+    failed = SweepOutcome.failed()
+    if failed:
+        first = failed[0]
         print(
-            f"error: {len(SweepFailures.failed)} of {SweepFailures.jobs} sweep jobs failed "
-            f"(see results.json in: {', '.join(SweepFailures.failed)})",
+            f"error: {len(failed)} of {len(SweepOutcome.jobs)} sweep jobs failed or did not finish "
+            f"(first: {first['dir']}: {first['error'] or first['status']}; each job's folder says why)",
             file=sys.stderr,
         )
         sys.exit(1)

@@ -117,6 +117,40 @@ def test_a_sweep_with_failed_jobs_exits_non_zero_and_counts_them(tmp_path, monke
     assert "error: 2 of 2 sweep jobs failed" in capsys.readouterr().err
 
 
+def test_a_sweep_counts_the_outcomes_of_its_own_jobs_only(tmp_path, monkeypatch) -> None:
+    """What the launching process reads back: this sweep's failed and unfinished jobs (one killed before
+    it could finish stays "running"), never a job of an earlier sweep in the same folder."""
+    outcome = cli.SweepOutcome()
+    config = SimpleNamespace(hydra=SimpleNamespace(sweep=SimpleNamespace(dir=str(tmp_path))))
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / cli.OUTCOME_FILE).write_text(json.dumps({"sweep": "earlier", "status": "failed", "error": "x"}))
+    outcome.on_multirun_start(config)
+    for name, status in [("a", "completed"), ("b", "failed"), ("c", "running")]:
+        cli.record_outcome(tmp_path / name, status, "bad value" if status == "failed" else None)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / cli.OUTCOME_FILE).write_text("{truncated")  # a job killed while writing: skipped, not fatal
+    outcome.on_multirun_end(config)
+    assert cli.SWEEP_ID not in os.environ
+    assert len(cli.SweepOutcome.jobs) == 3
+    assert [(Path(j["dir"]).name, j["status"]) for j in cli.SweepOutcome.failed()] == [
+        ("b", "failed"),
+        ("c", "running"),
+    ]
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_jobs_run_in_other_processes_still_counts_their_failures(tmp_path, monkeypatch, capsys) -> None:
+    """submitit's local launcher runs each job in its own process, as SLURM runs them on other nodes."""
+    args = [*FAST, "hydra/launcher=submitit_local", "pruning.sparsity=0.3,0.999", f"hydra.sweep.dir={tmp_path}"]
+    monkeypatch.setattr(sys, "argv", ["rkuprune", "--multirun", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: 1 of 2 sweep jobs failed or did not finish") and "pruning.sparsity: 0.999" in err
+    assert (tmp_path / ".submitit").is_dir()  # the jobs really ran through submitit
+
+
 def test_a_rerun_that_asks_for_the_model_saves_it(tmp_path, monkeypatch, capsys) -> None:
     run_dir = tmp_path / "run"
     assert run_cli([*FAST, f"hydra.run.dir={run_dir}"], monkeypatch, capsys)[0] == 0
