@@ -37,7 +37,7 @@ from rkuprune.tracking.atomic import write_json
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 LOCK_FILE = ".rkuprune.lock"
-OUTCOME_FILE = ".rkuprune.outcome.json"
+OUTCOME_FILE = ".rkuprune.outcome-{sweep}.json"  # one per sweep id: two sweeps over one folder never share one
 SWEEP_ID = "RKUPRUNE_SWEEP_ID"
 
 register_configs()
@@ -65,13 +65,14 @@ class SweepOutcome(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
         sweep_id = os.environ.pop(SWEEP_ID, None)
-        for path in sorted(Path(config.hydra.sweep.dir).rglob(OUTCOME_FILE)):
+        if sweep_id is None:
+            return
+        for path in sorted(Path(config.hydra.sweep.dir).rglob(OUTCOME_FILE.format(sweep=sweep_id))):
             try:
                 outcome = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if outcome.get("sweep") == sweep_id:
-                SweepOutcome.jobs.append({**outcome, "dir": str(path.parent)})
+            except (OSError, ValueError) as exc:
+                outcome = {"status": "unreadable", "error": f"{path.name}: {type(exc).__name__}"}
+            SweepOutcome.jobs.append({**outcome, "dir": str(path.parent)})
 
     @classmethod
     def failed(cls) -> list[dict[str, str]]:
@@ -81,7 +82,7 @@ class SweepOutcome(Callback):
 def record_outcome(run_dir: Path, status: str, error: str | None = None) -> None:
     """A sweep job's outcome for the launching process (``SweepOutcome``); nothing outside a sweep."""
     if SWEEP_ID in os.environ:
-        write_json(run_dir / OUTCOME_FILE, {"sweep": os.environ[SWEEP_ID], "status": status, "error": error})
+        write_json(run_dir / OUTCOME_FILE.format(sweep=os.environ[SWEEP_ID]), {"status": status, "error": error})
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

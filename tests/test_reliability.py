@@ -119,23 +119,21 @@ def test_a_sweep_with_failed_jobs_exits_non_zero_and_counts_them(tmp_path, monke
 
 def test_a_sweep_counts_the_outcomes_of_its_own_jobs_only(tmp_path, monkeypatch) -> None:
     """What the launching process reads back: this sweep's failed and unfinished jobs (one killed before
-    it could finish stays "running"), never a job of an earlier sweep in the same folder."""
+    it could finish stays "running"), never the outcome an earlier sweep left in the same folder."""
     outcome = cli.SweepOutcome()
     config = SimpleNamespace(hydra=SimpleNamespace(sweep=SimpleNamespace(dir=str(tmp_path))))
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / cli.OUTCOME_FILE).write_text(json.dumps({"sweep": "earlier", "status": "failed", "error": "x"}))
+    monkeypatch.setenv(cli.SWEEP_ID, "earlier")
+    cli.record_outcome(tmp_path / "a", "failed", "an old failure, fixed since")
     outcome.on_multirun_start(config)
     for name, status in [("a", "completed"), ("b", "failed"), ("c", "running")]:
         cli.record_outcome(tmp_path / name, status, "bad value" if status == "failed" else None)
     (tmp_path / "d").mkdir()
-    (tmp_path / "d" / cli.OUTCOME_FILE).write_text("{truncated")  # a job killed while writing: skipped, not fatal
+    (tmp_path / "d" / cli.OUTCOME_FILE.format(sweep=os.environ[cli.SWEEP_ID])).write_text("{trunc")
     outcome.on_multirun_end(config)
     assert cli.SWEEP_ID not in os.environ
-    assert len(cli.SweepOutcome.jobs) == 3
-    assert [(Path(j["dir"]).name, j["status"]) for j in cli.SweepOutcome.failed()] == [
-        ("b", "failed"),
-        ("c", "running"),
-    ]
+    assert len(cli.SweepOutcome.jobs) == 4
+    failed = [(Path(job["dir"]).name, job["status"]) for job in cli.SweepOutcome.failed()]
+    assert failed == [("b", "failed"), ("c", "running"), ("d", "unreadable")]
 
 
 @pytest.mark.slow
