@@ -110,11 +110,9 @@ def test_sigterm_is_recorded_as_a_failure_and_exits_non_zero(tmp_path) -> None:
 
 def test_a_sweep_with_failed_jobs_exits_non_zero_and_counts_them(tmp_path, monkeypatch, capsys) -> None:
     args = [*FAST, "pruning.protected_layers=[0,1,2]", "pruning.sparsity=0.7,0.8", f"hydra.sweep.dir={tmp_path}"]
-    monkeypatch.setattr(sys, "argv", ["rkuprune", "--multirun", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    assert exit_info.value.code == 1
-    assert "error: 2 of 2 sweep jobs failed" in capsys.readouterr().err
+    code, _, err = run_cli(["--multirun", *args], monkeypatch, capsys)
+    assert code == 1
+    assert "error: 2 of 2 sweep jobs failed" in err
 
 
 def test_a_sweep_counts_the_outcomes_of_its_own_jobs_only(tmp_path, monkeypatch) -> None:
@@ -140,11 +138,9 @@ def test_a_sweep_counts_the_outcomes_of_its_own_jobs_only(tmp_path, monkeypatch)
 def test_a_sweep_whose_jobs_run_in_other_processes_still_counts_their_failures(tmp_path, monkeypatch, capsys) -> None:
     """submitit's local launcher runs each job in its own process, as SLURM runs them on other nodes."""
     args = [*FAST, "hydra/launcher=submitit_local", "pruning.sparsity=0.3,0.999", f"hydra.sweep.dir={tmp_path}"]
-    monkeypatch.setattr(sys, "argv", ["rkuprune", "--multirun", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    code, _, err = run_cli(["--multirun", *args], monkeypatch, capsys)
+    assert code == 1
+    err = err.strip().splitlines()[-1]
     assert err.startswith("error: 1 of 2 sweep jobs failed or did not finish") and "pruning.sparsity: 0.999" in err
     assert (tmp_path / ".submitit").is_dir()  # the jobs really ran through submitit
 
