@@ -39,10 +39,6 @@ from bench_scorers import reference_step, rss_kib  # noqa: E402
 
 SHAPES = ("qwen2.5-7b-shape", "llama3-8b-shape", "qwen3-8b-shape")
 SCORERS = ("rku", "gisp", "taylor", "wanda_sp", "flap", "magnitude")
-# Full-size gradient memory: (projections per layer, bytes per weight). gisp keeps an fp32 mean gradient of
-# q, o, gate, up, down, taylor of all seven projections; each micro-batch's gradients stream into them as
-# backward computes them (capture.streaming_grads), so only the few in flight are held besides.
-GRADIENT_BUFFERS = {"gisp": (5, 4), "taylor": (7, 4)}
 DEPTHS = (1, 2)
 REPEATS = 2  # timed calls per measurement in one child; the fastest is kept, the peak memory is the first's
 log = logging.getLogger("bench_scale")
@@ -87,7 +83,6 @@ def child(name: str, overrides: list[str]) -> dict[str, Any]:
     from rkuprune.allocation import allocate
     from rkuprune.data.calibration import CALIBRATION_SOURCES
     from rkuprune.evaluation import speed
-    from rkuprune.evaluation.speed import synchronize
     from rkuprune.models.adapters import adapter_for
     from rkuprune.models.loading import load_model
     from rkuprune.models.surgery import apply_plan
@@ -119,18 +114,19 @@ def child(name: str, overrides: list[str]) -> dict[str, Any]:
         else (lambda: scorer.score(model, calibration))
     )
     Peak.weights = out["weight_bytes"]
-    with Peak(device) as peak:
+
+    def timed_call() -> float:
         start = time.perf_counter()
         call()
-        synchronize(device)
-        times = [time.perf_counter() - start]
+        speed.synchronize(device)
+        return time.perf_counter() - start
+
+    with Peak(device) as peak:
+        times = [timed_call()]
     out["peak_bytes"] = peak.bytes
     for _ in range(REPEATS - 1):  # warm calls: the first also pays page faults and kernel set-up
         gc.collect()
-        start = time.perf_counter()
-        call()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(timed_call())
     out["seconds"], out["all_seconds"] = min(times), times
     return out
 
@@ -167,7 +163,7 @@ def extrapolate(shape: dict[str, Any], depth: int) -> dict[str, Any]:
             "x_fwd_bwd": seconds / ref_s,
             "peak_gib": peak / 2**30,
             "peak_x_weights": peak / weights,
-            "grad_buffers_gib": gradient_bytes(shape["arch"], name, depth) / 2**30,
+            "grad_buffers_gib": buffer_bytes(shape["arch"], name, depth) / 2**30,
         }
     speedup = {}
     if "error" not in one["speed"] and "error" not in two["speed"]:
@@ -184,17 +180,18 @@ def extrapolate(shape: dict[str, Any], depth: int) -> dict[str, Any]:
     return {"depth": depth, "weight_gib": weights / 2**30, "reference_s": ref_s, "scorers": rows, "speedup": speedup}
 
 
-def gradient_bytes(arch: dict[str, Any], name: str, depth: int) -> int:
-    """Full-size gradient buffers of a gradient scorer over ``depth`` layers (0 for the others)."""
-    if name not in GRADIENT_BUFFERS:
-        return 0
-    projections, per_weight = GRADIENT_BUFFERS[name]
-    head_dim = arch.get("head_dim") or arch["hidden_size"] // arch["num_attention_heads"]
-    q = arch["num_attention_heads"] * head_dim * arch["hidden_size"]
-    kv = arch["num_key_value_heads"] * head_dim * arch["hidden_size"]
-    mlp = arch["intermediate_size"] * arch["hidden_size"]
-    per_layer = 2 * q + 3 * mlp + (2 * kv if projections == 7 else 0)
-    return per_weight * per_layer * depth
+def buffer_bytes(arch: dict[str, Any], name: str, depth: int) -> int:
+    """What the scorer declares it holds beside the weights (``Scorer.buffer_bytes``: gisp's and taylor's
+    fp32 gradient accumulators) for the model of this shape and depth, built on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rkuprune.scoring import SCORERS as REGISTRY
+
+    fields = {**arch, "num_hidden_layers": depth}
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    return sum(REGISTRY.build(REGISTRY.get(name).config()).buffer_bytes(model).values())
 
 
 def markdown(results: dict[str, Any]) -> str:
