@@ -6,20 +6,29 @@
    channel's entry of down_proj's input; a query head's head_dim slice of o_proj's input, dotted with
    its gradient). The gradient is backpropagated from the last layer, so it carries the unit's effect
    along every downstream path (the "integral over depth").
-3. Relative normalisation per block (layer × {attention, MLP}): ``block_relative`` (default) divides by
-   the block's mean utility over its live units, so a block-wide scale cannot decide the cross-layer
-   competition while the order inside the block is kept; ``fisher_trace`` divides by sqrt(mean over
-   tokens of ‖∂Φ/∂a_block‖²); ``none`` keeps raw utilities (ablation). A unit is live unless its
-   columns of o_proj / down_proj are all zero: that is how the iterative schedule masks a removed unit
-   (models/surgery.py), and such a unit writes nothing, so its zero utility must not drag the block
-   mean down and inflate the survivors of a heavily pruned block.
+3. Normalisation, which puts every unit on the one scale the global ranking compares. Per block
+   (layer × {attention, MLP}): ``block_relative`` divides by the block's mean utility over its live
+   units, so a block-wide scale cannot decide the cross-layer competition while the order inside the
+   block is kept; ``fisher_trace`` divides by sqrt(mean over tokens of ‖∂Φ/∂a_block‖²); ``none`` keeps
+   raw utilities. Each of these scales heads and channels apart, so where heads compete with channels
+   the per-type scales decide which type loses (docs/scorers.md). Per layer, keeping the raw
+   head/channel exchange rate (both are first-order estimates of |ΔΦ|): ``layer_relative`` (default)
+   divides both types by one constant, the layer's mean utility per parameter over its live units,
+   so the cross-layer scale goes and the ratio of a head's utility to a channel's stays;
+   ``per_parameter`` ranks raw utility per parameter of the unit (a head's q rows and o columns, a
+   channel's gate, up and down); ``gisp_constants`` divides by GISP's per-type constants,
+   4·head_dim·hidden for heads and 3·intermediate for channels. A unit is live unless its columns of
+   o_proj / down_proj are all zero: that is how the iterative schedule masks a removed unit
+   (models/surgery.py), and such a unit writes nothing, so its zero utility must not drag a mean down
+   and inflate the survivors of a heavily pruned block.
 
 The first token of every row is not counted (``skip_first_token``, part of this project's definition:
 its activations are the attention sink's outliers).
 
 Every weight stays frozen while scoring: gradients are taken with respect to activations only, so no
 weight gradient is ever allocated (what makes RKU affordable for an 8B model on one GPU). The global
-selection under the parameter budget is ``pruning.allocation=global``.
+selection under the parameter budget is ``pruning.allocation=global``. Every run logs each layer's raw
+mean head and channel utility, the exchange rate the per-layer rules keep and the per-block rules drop.
 
 Layer score (depth pruning, ``pruning.granularity=layer``): the sum of the un-normalised utilities of
 the layer's heads and channels, i.e. Σ over the layer's units of mean |a · ∂Φ/∂a|. Normalisation is not
@@ -28,6 +37,7 @@ applied: ``block_relative`` would make every block sum to its unit count and era
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -35,11 +45,16 @@ from torch import nn
 
 from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import check_choice
+from rkuprune.models.adapters import adapter_for
+from rkuprune.models.structures import LayerStructure
 from rkuprune.scoring.base import SCORERS, Scorer, ScorerConfig, Scores
 from rkuprune.scoring.capture import Key, Reducer, Site, run_calibration, sites, to_scores
 from rkuprune.scoring.objectives import OBJECTIVES
 
-NORMALISATIONS = ("block_relative", "fisher_trace", "none")
+log = logging.getLogger(__name__)
+BLOCK_NORMALISATIONS = ("block_relative", "fisher_trace", "none")  # each (layer, type) block on its own
+LAYER_NORMALISATIONS = ("layer_relative", "per_parameter", "gisp_constants")  # a layer's two types together
+NORMALISATIONS = LAYER_NORMALISATIONS + BLOCK_NORMALISATIONS
 
 
 @dataclass
@@ -48,7 +63,7 @@ class RKUConfig(ScorerConfig):
 
     name: str = "rku"
     objective: str = "energy"  # energy (½‖h_L‖², default) | lm_loss (causal-LM loss) | entropy (own next-token)
-    normalisation: str = "block_relative"  # block_relative (default) | fisher_trace | none
+    normalisation: str = "block_relative"  # see NORMALISATIONS and the module docstring
     skip_first_token: bool = True  # the first token of a row is the attention sink's, not the unit's
 
 
@@ -99,6 +114,42 @@ def normalise(
     return utility
 
 
+def normalise_layer(
+    s: LayerStructure,
+    heads: torch.Tensor,
+    channels: torch.Tensor,
+    method: str,
+    live_heads: torch.Tensor | None = None,
+    live_channels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale one layer's head and channel utilities together as ``method`` (a per-layer rule) says."""
+    if method == "per_parameter":
+        return heads / s.q_head_cost, channels / s.channel_cost
+    if method == "gisp_constants":
+        return heads / (4 * s.head_dim * s.hidden_size), channels / (3 * s.intermediate_size)
+    live_h = heads if live_heads is None or not live_heads.any() else heads[live_heads.to(heads.device)]
+    live_c = channels if live_channels is None or not live_channels.any() else channels[live_channels.to(heads.device)]
+    per_parameter = (live_h.sum() + live_c.sum()) / (live_h.numel() * s.q_head_cost + live_c.numel() * s.channel_cost)
+    scale = per_parameter.clamp_min(torch.finfo(torch.float32).tiny)
+    return heads / scale, channels / scale
+
+
+def log_exchange_rates(s: LayerStructure, heads: torch.Tensor, channels: torch.Tensor) -> None:
+    """The measured head/channel exchange rate of a layer: what the per-block rules discard."""
+    head, channel = float(heads.mean()), float(channels.mean())
+    ratio = head / channel if channel > 0 else float("inf")
+    log.info(
+        "rku layer %d: mean raw utility head %.4g, channel %.4g; a head = %.1f channels (%.1f per channel's worth "
+        "of parameters, a head costing %.1f channels)",
+        s.index,
+        head,
+        channel,
+        ratio,
+        ratio * s.channel_cost / s.q_head_cost,
+        s.q_head_cost / s.channel_cost,
+    )
+
+
 @SCORERS.register("rku", RKUConfig)
 class RKUScorer(Scorer):
     cfg: RKUConfig
@@ -114,12 +165,20 @@ class RKUScorer(Scorer):
         reducer = KineticUtility()
         objective = OBJECTIVES[self.cfg.objective]
         run_calibration(model, calibration, reducer=reducer, objective=objective, skip_first=self.cfg.skip_first_token)
-        per_unit = {
-            site.key: normalise(
-                reducer.mean_utility(site.key), reducer.mean_grad_sq(site.key), self.cfg.normalisation, live_units(site)
-            )
-            for site in sites(model)
-        }
+        method = self.cfg.normalisation
+        live = {site.key: live_units(site) for site in sites(model)}
+        per_unit = {}
+        for s in adapter_for(model).structures().layers:
+            attention, mlp = (s.index, "attention"), (s.index, "mlp")
+            heads, channels = reducer.mean_utility(attention), reducer.mean_utility(mlp)
+            log_exchange_rates(s, heads, channels)
+            if method in LAYER_NORMALISATIONS:
+                per_unit[attention], per_unit[mlp] = normalise_layer(
+                    s, heads, channels, method, live[attention], live[mlp]
+                )
+            else:
+                for key, utility in ((attention, heads), (mlp, channels)):
+                    per_unit[key] = normalise(utility, reducer.mean_grad_sq(key), method, live[key])
         scores = to_scores(per_unit)
         for index, layer in enumerate(scores.layers):  # the sum of its blocks' un-normalised utilities
             layer.layer = sum(float(reducer.mean_utility((index, block)).sum()) for block in ("attention", "mlp"))
