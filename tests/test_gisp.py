@@ -9,14 +9,23 @@ from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationConfig, Ca
 from rkuprune.data.sources import DataConfig
 from rkuprune.errors import ConfigError
 from rkuprune.models.adapters import adapter_for
+from rkuprune.models.loading import LoadedModel, load_model
 from rkuprune.scoring import SCORERS
 from rkuprune.scoring.base import LayerScores, Scores
 from rkuprune.scoring.gisp import GispConfig
-from tests.conftest import tiny
+from tests.conftest import model_config, tiny
 
 
-def test_gisp_equals_a_direct_computation() -> None:
-    loaded = tiny("tiny-qwen3")
+def mha_llama() -> LoadedModel:
+    """tiny-llama with one KV head per query head (MHA)."""
+    arch = dict(model_config("tiny-llama").arch)
+    return load_model(model_config("tiny-llama", arch={**arch, "num_key_value_heads": arch["num_attention_heads"]}))
+
+
+@pytest.mark.parametrize("mha", [False, True], ids=["gqa", "mha"])
+def test_gisp_equals_a_direct_computation(mha: bool) -> None:
+    """The reference's head score: q rows and o columns, plus the head's k and v rows on an MHA model only."""
+    loaded = mha_llama() if mha else tiny("tiny-qwen3")
     model = loaded.model
     source = CALIBRATION_SOURCES.build(CalibrationConfig(name="synthetic", num_tokens=300, seqlen=64, batch_size=3))
     calibration = source.build(loaded.tokenizer, DataConfig())
@@ -32,17 +41,16 @@ def test_gisp_equals_a_direct_computation() -> None:
     adapter = adapter_for(model)
     layer = adapter.layers()[1]
     attn, mlp = adapter.attention(layer), adapter.mlp(layer)
-    grads = torch.autograd.grad(loss, [attn.q.weight, attn.o.weight, mlp.gate.weight, mlp.up.weight, mlp.down.weight])
-    q, o, gate, up, down = (
-        (w * g).abs()
-        for w, g in zip(
-            [attn.q.weight, attn.o.weight, mlp.gate.weight, mlp.up.weight, mlp.down.weight], grads, strict=True
-        )
-    )
+    weights = [attn.q.weight, attn.k.weight, attn.v.weight, attn.o.weight, mlp.gate.weight, mlp.up.weight]
+    weights.append(mlp.down.weight)
+    grads = torch.autograd.grad(loss, weights)
+    q, k, v, o, gate, up, down = ((w * g).abs() for w, g in zip(weights, grads, strict=True))
     s = adapter.structures()[1]
+    assert (s.group_size == 1) == mha
     head = 5
     rows = slice(head * s.head_dim, (head + 1) * s.head_dim)
-    expected_head = (q[rows].sum() + o[:, rows].sum()) / (4 * s.head_dim * s.hidden_size)
+    saliency = q[rows].sum() + o[:, rows].sum() + ((k[rows].sum() + v[rows].sum()) if mha else 0.0)
+    expected_head = saliency / (4 * s.head_dim * s.hidden_size)
     channel = 17
     expected_channel = (gate[channel].sum() + up[channel].sum() + down[:, channel].sum()) / (3 * s.intermediate_size)
     torch.testing.assert_close(scores.layers[1].heads[head], expected_head.detach(), rtol=1e-4, atol=1e-12)
@@ -235,6 +243,10 @@ def test_gradient_accumulators_are_counted_and_a_run_they_cannot_fit_stops_befor
     assert SCORERS.build(GispConfig()).buffer_bytes(model) == {cpu: fp32 * gisp_weights * layers}
     assert SCORERS.build(TaylorConfig()).buffer_bytes(model) == {cpu: fp32 * taylor_weights * layers}
     assert SCORERS.build(SCORERS.get("rku").config()).buffer_bytes(model) == {}
+    mha = mha_llama().model  # GISP scores k and v too when there is one KV head per query head
+    m = mha.config
+    mha_weights = 4 * m.num_attention_heads * m.head_dim * m.hidden_size + 3 * m.intermediate_size * m.hidden_size
+    assert SCORERS.build(GispConfig()).buffer_bytes(mha) == {cpu: fp32 * mha_weights * m.num_hidden_layers}
 
     monkeypatch.setattr("rkuprune.scoring.base.free_memory", lambda device: 1000)
     args = ["model=tiny-qwen3", "logger=none", "scorer=gisp", "pruning.steps=2", f"hydra.run.dir={tmp_path}"]

@@ -406,3 +406,9 @@ def unit_saliency(structure: LayerStructure, per_role: dict[str, torch.Tensor]) 
     n, head_dim = structure.num_q_heads, structure.head_dim
     heads = q.view(n, -1).sum(dim=1) + o.view(-1, n, head_dim).sum(dim=(0, 2))
     return heads, gate.sum(dim=1) + up.sum(dim=1) + down.sum(dim=0)
+
+
+def kv_share(structure: LayerStructure, per_role: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per query head, its share of its KV head's k and v saliency: 1/group_size of it (all of it under MHA)."""
+    kv = (per_role["k"] + per_role["v"]).view(structure.num_kv_heads, -1).sum(dim=1)
+    return kv.repeat_interleave(structure.group_size) / structure.group_size

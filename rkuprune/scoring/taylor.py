@@ -38,7 +38,7 @@ from rkuprune.data.calibration import CalibrationSet
 from rkuprune.errors import check_choice
 from rkuprune.models.adapters import ROLES, adapter_for
 from rkuprune.scoring.base import SCORERS, LayerScores, Scorer, ScorerConfig, Scores
-from rkuprune.scoring.capture import accumulator_bytes, unit_saliency, weight_saliency
+from rkuprune.scoring.capture import accumulator_bytes, kv_share, unit_saliency, weight_saliency
 from rkuprune.scoring.objectives import OBJECTIVES
 
 SCOPES = ("global", "layer")
@@ -70,8 +70,7 @@ class TaylorScorer(Scorer):
         scores = []
         for s, per_role in zip(structures.layers, saliency, strict=True):
             heads, channels = unit_saliency(s, per_role)
-            kv = (per_role["k"] + per_role["v"]).view(s.num_kv_heads, -1).sum(dim=1)
-            heads += kv.repeat_interleave(s.group_size) / s.group_size
+            heads += kv_share(s, per_role)
             scores.append(LayerScores(heads=heads.cpu(), channels=channels.cpu()))
         for layer in scores:
             layer.layer = float(layer.heads.sum() + layer.channels.sum())
