@@ -4,6 +4,7 @@ FLAP's bias compensation through slicing and save/load, determinism, every archi
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -20,12 +21,14 @@ from rkuprune.models.adapters import DecoderAdapter, adapter_for
 from rkuprune.models.io import read_config
 from rkuprune.models.loading import LoadedModel, load_model
 from rkuprune.models.plan import PruningPlan
+from rkuprune.models.structures import LayerStructure, Structures
 from rkuprune.models.surgery import head_rows
 from rkuprune.scoring import SCORERS, Scorer
+from rkuprune.scoring.base import LayerScores, Scores
 from rkuprune.scoring.capture import Site, run_calibration, sites, to_scores
 from rkuprune.scoring.flap import FLAPConfig, FLAPScorer
 from rkuprune.scoring.objectives import OBJECTIVES
-from rkuprune.scoring.rku import KineticUtility, RKUConfig, RKUScorer, live_units, normalise
+from rkuprune.scoring.rku import KineticUtility, RKUConfig, RKUScorer, live_units, normalise, normalise_layer
 from tests.conftest import TINY_ARCHS, model_config, tiny
 from tests.test_capture import expected_mask, padded_calibration
 
@@ -143,6 +146,57 @@ def test_normalisations_rescale_each_block_by_one_factor() -> None:
             torch.testing.assert_close(relative.mean(), torch.tensor(1.0))
             ratios = fisher / getattr(raw, kind)
             torch.testing.assert_close(ratios, ratios[0].expand_as(ratios), rtol=1e-5, atol=0)
+
+
+def test_per_parameter_rule_removes_the_unit_with_the_lowest_utility_per_parameter() -> None:
+    """One layer, one KV head: a head costs 32 parameters (q rows + o columns), a channel 24. Head 0 has
+    the lowest utility per parameter (10/32) though channel 0 has the lowest raw utility (9/24 per parameter)."""
+    s = LayerStructure(index=0, hidden_size=8, head_dim=2, num_q_heads=4, num_kv_heads=1, intermediate_size=8)
+    structures = Structures((s,))
+    assert (s.q_head_cost, s.channel_cost) == (32, 24)
+    heads = torch.tensor([10.0, 20.0, 30.0, 40.0])
+    channels = torch.tensor([9.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0, 110.0])
+    cfg = PruningConfig(sparsity=0.05)  # 18 parameters: the first unit of the ranking meets it
+    assert math.ceil(cfg.sparsity * structures.prunable_params) == 18
+
+    def first_removed(method: str) -> tuple[list[int], list[int]]:
+        h, c = normalise_layer(s, heads, channels, method) if method != "none" else (heads, channels)
+        plan = allocate(cfg, Scores([LayerScores(heads=h, channels=c)]), structures).layers[0]
+        return sorted(set(range(4)) - set(plan.q_heads)), sorted(set(range(8)) - set(plan.mlp_channels))
+
+    assert first_removed("per_parameter") == ([0], [])
+    assert first_removed("none") == ([], [0])  # ranked per unit, the cheaper-looking channel goes first
+    # GISP's constants: head 10 / (4·2·8) = 0.156 against channel 9 / (3·8) = 0.375: the head goes too.
+    assert first_removed("gisp_constants") == ([0], [])
+    # Layer-relative keeps the raw per-unit comparison: channel 0 (9) is below head 0 (10).
+    assert first_removed("layer_relative") == ([], [0])
+
+
+def test_layer_relative_keeps_each_layers_raw_head_channel_ratio() -> None:
+    loaded = tiny("tiny-qwen3")
+    calibration = synthetic(loaded.tokenizer)
+    raw = RKUScorer(RKUConfig(normalisation="none")).score(loaded.model, calibration)
+    relative = RKUScorer(RKUConfig(normalisation="layer_relative")).score(loaded.model, calibration)
+    block = RKUScorer(RKUConfig(normalisation="block_relative")).score(loaded.model, calibration)
+    factors = []
+    for r, n, b in zip(raw.layers, relative.layers, block.layers, strict=True):
+        ratios = torch.cat([n.heads / r.heads, n.channels / r.channels])
+        # One constant for both types: the head/channel ratio of every pair of units survives.
+        torch.testing.assert_close(ratios, ratios[0].expand_as(ratios), rtol=1e-5, atol=0)
+        # The constant is the layer's mean channel utility (every unit is live in a dense model), so the
+        # channels get their block-relative scores and a channels-only plan does not change.
+        torch.testing.assert_close(ratios[0], 1 / r.channels.mean(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(n.channels, b.channels, rtol=1e-6, atol=0)
+        factors.append(float(ratios[0]))
+    assert len({round(f, 6) for f in factors}) > 1  # the cross-layer scale is removed, layer by layer
+
+
+def test_rku_logs_each_layers_exchange_rate(caplog) -> None:
+    loaded = tiny("tiny-llama")
+    with caplog.at_level("INFO", logger="rkuprune.scoring.rku"):
+        RKUScorer(RKUConfig()).score(loaded.model, synthetic(loaded.tokenizer))
+    lines = [r.getMessage() for r in caplog.records if "a head =" in r.getMessage()]
+    assert [line.split(":")[0] for line in lines] == [f"rku layer {i}" for i in range(4)]
 
 
 def test_block_relative_plan_ignores_a_block_wide_scale() -> None:

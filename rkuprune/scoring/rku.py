@@ -12,9 +12,10 @@
    block is kept; ``fisher_trace`` divides by sqrt(mean over tokens of ‖∂Φ/∂a_block‖²); ``none`` keeps
    raw utilities. Each of these scales heads and channels apart, so where heads compete with channels
    the per-type scales decide which type loses (docs/scorers.md). Per layer, keeping the raw
-   head/channel exchange rate (both are first-order estimates of |ΔΦ|): ``layer_relative`` (default)
-   divides both types by one constant, the layer's mean utility per parameter over its live units,
-   so the cross-layer scale goes and the ratio of a head's utility to a channel's stays;
+   head/channel exchange rate (both are first-order estimates of |ΔΦ|): ``layer_relative`` divides
+   both types by one constant, the mean utility of the layer's live channels, so channels get exactly
+   their ``block_relative`` scores (a channels-only plan is the same), a head is measured in mean
+   channels of its layer, and the ratio of a head's utility to a channel's stays;
    ``per_parameter`` ranks raw utility per parameter of the unit (a head's q rows and o columns, a
    channel's gate, up and down); ``gisp_constants`` divides by GISP's per-type constants,
    4·head_dim·hidden for heads and 3·intermediate for channels. A unit is live unless its columns of
@@ -105,13 +106,17 @@ def normalise(
 
     A zero denominator leaves the zeros as they are.
     """
-    tiny = torch.finfo(torch.float32).tiny
     if method == "block_relative":
-        counted = utility if live is None or not live.any() else utility[live.to(utility.device)]
-        return utility / counted.mean().clamp_min(tiny)
+        return utility / live_mean(utility, live)
     if method == "fisher_trace":
-        return utility / mean_grad_sq.sqrt().clamp_min(tiny)
+        return utility / mean_grad_sq.sqrt().clamp_min(torch.finfo(torch.float32).tiny)
     return utility
+
+
+def live_mean(utility: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+    """The mean utility of a block's ``live`` units (all when none is marked), never below fp32's tiniest."""
+    counted = utility if live is None or not live.any() else utility[live.to(utility.device)]
+    return counted.mean().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def normalise_layer(
@@ -119,7 +124,6 @@ def normalise_layer(
     heads: torch.Tensor,
     channels: torch.Tensor,
     method: str,
-    live_heads: torch.Tensor | None = None,
     live_channels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale one layer's head and channel utilities together as ``method`` (a per-layer rule) says."""
@@ -127,10 +131,7 @@ def normalise_layer(
         return heads / s.q_head_cost, channels / s.channel_cost
     if method == "gisp_constants":
         return heads / (4 * s.head_dim * s.hidden_size), channels / (3 * s.intermediate_size)
-    live_h = heads if live_heads is None or not live_heads.any() else heads[live_heads.to(heads.device)]
-    live_c = channels if live_channels is None or not live_channels.any() else channels[live_channels.to(heads.device)]
-    per_parameter = (live_h.sum() + live_c.sum()) / (live_h.numel() * s.q_head_cost + live_c.numel() * s.channel_cost)
-    scale = per_parameter.clamp_min(torch.finfo(torch.float32).tiny)
+    scale = live_mean(channels, live_channels)  # layer_relative: heads measured in the layer's mean channel
     return heads / scale, channels / scale
 
 
@@ -173,9 +174,7 @@ class RKUScorer(Scorer):
             heads, channels = reducer.mean_utility(attention), reducer.mean_utility(mlp)
             log_exchange_rates(s, heads, channels)
             if method in LAYER_NORMALISATIONS:
-                per_unit[attention], per_unit[mlp] = normalise_layer(
-                    s, heads, channels, method, live[attention], live[mlp]
-                )
+                per_unit[attention], per_unit[mlp] = normalise_layer(s, heads, channels, method, live[mlp])
             else:
                 for key, utility in ((attention, heads), (mlp, channels)):
                     per_unit[key] = normalise(utility, reducer.mean_grad_sq(key), method, live[key])
