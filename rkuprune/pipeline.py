@@ -284,6 +284,7 @@ def select_units(
 def prune(cfg: RunConfig, loaded: LoadedModel, plan: PruningPlan, record: RunRecord, scorer: Scorer) -> None:
     """Let the scorer compensate, slice the plan out of the model, record target and measured sparsity."""
     before = count_params(loaded.model)
+    removed = plan.removed_counts(adapter_for(loaded.model).structures())
     scorer.compensate(loaded.model, plan)
     apply_plan(loaded.model, plan, "slice")
     after = count_params(loaded.model)
@@ -310,6 +311,7 @@ def prune(cfg: RunConfig, loaded: LoadedModel, plan: PruningPlan, record: RunRec
             "granularity": cfg.pruning.granularity,
             "depth_share": cfg.pruning.depth_share,
             "removed_layers": plan.removed_layers,
+            **{f"removed_{unit}": count for unit, count in removed.items()},  # numbers of units, for tables
             "overshoot": plan.measured_sparsity - cfg.pruning.sparsity,
             "allocation": cfg.pruning.allocation,
             "schedule": cfg.pruning.schedule,

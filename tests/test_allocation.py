@@ -163,3 +163,45 @@ def test_llm_pruner_rule_protects_the_first_four_and_last_two_layers() -> None:
     plan = allocate(cfg, seeded_scores(structures), structures)
     untouched = [lp.index for lp in plan.layers if lp.params(structures[lp.index]) == structures[lp.index].dense_params]
     assert untouched == [0, 1, 2, 3, 8, 9]
+
+
+def test_layer_ratios_prune_each_unprotected_layer_by_resps_rule() -> None:
+    """RESP's baseline_uniform_wanda at 40% (ratio 0.47): layers outside [int(0.1 L), L - 1) kept, the
+    others lose int(0.47 · 100) = 47 channels (the lowest) and round(0.47 · 4) = 2 heads per KV group."""
+    s = [
+        LayerStructure(i, hidden_size=16, head_dim=2, num_q_heads=8, num_kv_heads=2, intermediate_size=100)
+        for i in range(10)
+    ]
+    structures = Structures(tuple(s))
+    gen = torch.Generator().manual_seed(0)
+    scores = Scores([LayerScores(torch.rand(8, generator=gen), torch.rand(100, generator=gen)) for _ in s])
+    cfg = PruningConfig(sparsity=0.4, allocation="uniform", protection_rule="gisp", layer_ratios={40: 0.47})
+    cfg.check()
+    plan = allocate(cfg, scores, structures)
+    for lp in plan.layers:
+        if lp.index in (0, 9):
+            assert (len(lp.q_heads), len(lp.mlp_channels)) == (8, 100)
+            continue
+        channels = scores.layers[lp.index].channels
+        assert sorted(set(range(100)) - set(lp.mlp_channels)) == sorted(channels.argsort()[:47].tolist())
+        heads = scores.layers[lp.index].heads
+        for kv in (0, 1):  # the two lowest heads of each group of four
+            group = range(4 * kv, 4 * kv + 4)
+            assert sorted(h for h in group if h not in lp.q_heads) == sorted(sorted(group, key=lambda h: heads[h])[:2])
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"sparsity": 0.5},
+            r"pruning\.layer_ratios: no ratio for pruning\.sparsity=0\.5 \(targets given: \[40\] percent\)",
+        ),
+        ({"allocation": "global"}, r"pruning\.layer_ratios: per-layer ratios are for pruning\.allocation=uniform"),
+        ({"layer_ratios": {40: 1.2}}, r"pruning\.layer_ratios: 1\.2 for 40% is outside \[0, 1\)"),
+    ],
+)
+def test_bad_layer_ratios_are_one_line_errors(fields: dict, message: str) -> None:
+    cfg = PruningConfig(**{"sparsity": 0.4, "allocation": "uniform", "layer_ratios": {40: 0.47}, **fields})
+    with pytest.raises(ConfigError, match=message):
+        cfg.check()

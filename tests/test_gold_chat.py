@@ -54,3 +54,17 @@ def test_the_loss_mask_covers_the_solution_and_eos_on_smollm2s_template() -> Non
 def test_bad_settings_name_the_field() -> None:
     with pytest.raises(ConfigError, match=r"calibration\.num_prompts: must be at least 1"):
         CALIBRATION_SOURCES.build(GoldChatConfig(num_prompts=0)).check(DataConfig(root=str(SHARED_DATA)))
+
+
+def test_packed_rows_are_the_rows_tokens_end_to_end_in_full_windows_every_token_counted() -> None:
+    """RESP's Wanda-sp statistics: prompt and answer tokens alike, 256-token windows (here 64)."""
+    tokenizer = tiny("tiny-qwen3").tokenizer
+    data = DataConfig(root=str(SHARED_DATA))
+    rows = CALIBRATION_SOURCES.build(GoldChatConfig(num_prompts=4, seqlen=4096)).build(tokenizer, data)
+    stream = [int(t) for ids, real in zip(rows.input_ids, rows.attention_mask, strict=True) for t in ids[real.bool()]]
+    packed = CALIBRATION_SOURCES.build(GoldChatConfig(num_prompts=4, seqlen=64, pack=True)).build(tokenizer, data)
+    assert len(packed) == len(stream) // 64 > 1
+    assert packed.input_ids.flatten().tolist() == stream[: len(packed) * 64]
+    assert packed.attention_mask.all() and packed.loss_mask.all()
+    with pytest.raises(ConfigError, match=r"calibration\.seqlen: 100000 is longer than the \d+ tokens"):
+        CALIBRATION_SOURCES.build(GoldChatConfig(num_prompts=4, seqlen=100_000, pack=True)).build(tokenizer, data)

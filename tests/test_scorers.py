@@ -195,7 +195,7 @@ def test_rku_logs_each_layers_exchange_rate(caplog) -> None:
     loaded = tiny("tiny-llama")
     with caplog.at_level("INFO", logger="rkuprune.scoring.rku"):
         RKUScorer(RKUConfig()).score(loaded.model, synthetic(loaded.tokenizer))
-    lines = [r.getMessage() for r in caplog.records if "a head =" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "a head carries" in r.getMessage()]
     assert [line.split(":")[0] for line in lines] == [f"rku layer {i}" for i in range(4)]
 
 

@@ -14,11 +14,12 @@ from hydra import compose, initialize_config_dir
 
 from rkuprune import cli, pipeline
 from rkuprune.config import job_dirname
+from rkuprune.models.adapters import adapter_for
 from rkuprune.report.__main__ import main as report_main
 from rkuprune.report.collect import collect, variant_label
 from rkuprune.report.plots import read_series
 from rkuprune.report.tables import shown
-from tests.conftest import CONF
+from tests.conftest import CONF, tiny
 
 pytestmark = pytest.mark.slow
 METRIC = "ppl/pydoc@64"
@@ -200,3 +201,24 @@ def test_a_run_is_labelled_by_its_scorer_preset(sweep: Path, tmp_path) -> None:
     for folder in copy.glob("*scorer=magnitude*"):
         shutil.rmtree(folder / ".hydra")
     assert {r.label for r in collect(copy).runs} == {"random_preset", "magnitude"}  # no record: the scorer's name
+
+
+def test_rows_that_prune_different_units_say_so_and_count_the_heads_removed(tmp_path, monkeypatch, capsys) -> None:
+    """RKU on channels beside a scorer that also cuts heads: the labels name each row's granularity, the
+    heads column counts what the plan removed (heads and channels account for every parameter freed)."""
+    base = [a for a in sweep_args(tmp_path / "mixed") if not a.startswith(("scorer=", "pruning.sparsity="))]
+    multirun([*base, "scorer=random", "pruning.sparsity=0.3", "pruning.granularity=q_head"], monkeypatch, capsys)
+    multirun([*base, "scorer=magnitude", "pruning.sparsity=0.3", "pruning.granularity=none"], monkeypatch, capsys)
+    collection = collect(tmp_path / "mixed")
+    labels = {r.scorer: r.label for r in collection.runs}
+    assert labels == {"random": "random (granularity=q_head)", "magnitude": "magnitude (granularity=none)"}
+    s = adapter_for(tiny("tiny-llama").model).structures()[0]
+    for run in collection.runs:
+        result = json.loads(run.path.read_text())
+        pruning, model = result["pruning"], result["model"]
+        freed = pruning["removed_q_heads"] * s.q_head_cost + pruning["removed_mlp_channels"] * s.channel_cost
+        assert freed == model["params_prunable_before"] - model["params_prunable_after"]
+        if run.scorer == "random":
+            assert run.metrics["removed/q_heads"] == pruning["removed_q_heads"] > 0
+        else:
+            assert "removed/q_heads" not in run.metrics and pruning["removed_q_heads"] == 0

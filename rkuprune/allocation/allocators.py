@@ -18,6 +18,10 @@ mean score first (``kv_group``). Every unit is charged its real parameter cost (
 the KV head for ``kv_group``), and the threshold rises until the budget is met. With scores of one
 distribution for heads and channels, attention and MLP lose the same share of their parameters.
 
+``uniform`` with ``pruning.layer_ratios`` (RESP's ``baseline_uniform_wanda``): every unprotected layer
+loses round(ratio · group size) query heads per KV group and int(ratio · intermediate) channels, the
+ratio given per target; no budget is met, the measured sparsity is what the ratio gives.
+
 Depth pruning (``allocate_depth``): ``granularity=layer`` takes the whole budget from whole decoder
 layers, lowest layer score first, until the budget is met (overshoot below one layer; at least one
 layer always stays). With a width granularity, ``depth_fraction`` in (0, 1] takes that share of the
@@ -57,6 +61,9 @@ class PruningConfig:
     trajectory_end: float | None = None  # iterative: run to this sparsity (GISP: 0.7), read the target's plan from it
     trajectory_cache: bool = True  # iterative: reuse a trajectory cached for the same model, scorer, calibration
     depth_fraction: float = 0.0  # share of the budget taken by whole layers first (granularity=layer: all)
+    # uniform: per target in percent, the share of heads and channels every unprotected layer loses
+    # (RESP's baseline_uniform_wanda `ratio`, e.g. {40: 0.47}); the measured sparsity is what it gives
+    layer_ratios: dict[int, float] = field(default_factory=dict)
 
     def check(self) -> None:
         if not 0.0 <= self.sparsity <= 0.95:
@@ -90,10 +97,32 @@ class PruningConfig:
             raise ConfigError(
                 "pruning.schedule", "depth pruning removes layers in one shot; use pruning.schedule=oneshot"
             )
+        if self.layer_ratios:
+            if self.allocation != "uniform":
+                raise ConfigError(
+                    "pruning.layer_ratios", "per-layer ratios are for pruning.allocation=uniform; or set it to {}"
+                )
+            self.layer_ratio()
         for name in ("milestones", "regenerate_at"):
             bad = [m for m in getattr(self, name) if not 0.0 < m < 1.0]
             if bad:
                 raise ConfigError(f"pruning.{name}", f"{bad[0]} is outside (0, 1); use fractions such as 0.1, 0.2")
+
+    def layer_ratio(self) -> float | None:
+        """The per-layer ratio ``layer_ratios`` gives this target, or None when they are not used."""
+        if not self.layer_ratios:
+            return None
+        percent = round(100 * self.sparsity)
+        if percent not in self.layer_ratios:
+            raise ConfigError(
+                "pruning.layer_ratios",
+                f"no ratio for pruning.sparsity={self.sparsity} (targets given: {sorted(self.layer_ratios)} percent); "
+                f"add one, e.g. pruning.layer_ratios.{percent}=0.5",
+            )
+        ratio = self.layer_ratios[percent]
+        if not 0.0 <= ratio < 1.0:
+            raise ConfigError("pruning.layer_ratios", f"{ratio} for {percent}% is outside [0, 1)")
+        return ratio
 
     @property
     def depth_share(self) -> float:
@@ -275,11 +304,16 @@ class UniformAllocator(Allocator):
         protected = protected_layers(self.cfg, len(structures))
         prunable = [s for s in structures.layers if s.index not in protected]
         budget = math.ceil(self.cfg.sparsity * structures.prunable_params)
+        ratio = self.cfg.layer_ratio()
         removed: list[Unit] = []
         for s in prunable:
             units = attention_units(s, scores.layers[s.index], self.cfg.granularity)
             size = s.group_size if self.cfg.granularity == "q_head" else s.num_kv_heads
-            removed += units[: min(len(units), round(self.cfg.sparsity * size))]
+            removed += units[: min(len(units), round((self.cfg.sparsity if ratio is None else ratio) * size))]
+        if ratio is not None:  # RESP's uniform baseline: int(ratio · intermediate) channels of every layer
+            for s in prunable:
+                removed += channel_units(s, scores.layers[s.index])[: int(ratio * s.intermediate_size)]
+            return plan_without(structures, removed, self.cfg.granularity, base_model)
         freed = sum(u.cost for u in removed)
         channel_cost = sum(s.channel_cost for s in prunable)
         per_layer = max(0, math.ceil((budget - freed) / channel_cost)) if channel_cost else 0

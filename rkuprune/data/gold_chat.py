@@ -5,6 +5,10 @@ solution, as the dataset writes it, follows as the assistant's answer with EOS a
 counts the answer and EOS only (the same decode-only mask as ``self_generated``, so the baselines
 and RESP differ only in who wrote the answer). Rows are drawn per sample (``num_prompts``), as the
 reference's sample-wise budget.
+
+``pack`` (RESP's Wanda-sp baseline, ``baseline_uniform_wanda`` with ``seq_len: 256``): the rows' tokens,
+prompt and answer, are laid end to end and cut into windows of ``seqlen`` tokens, every token counted;
+the tail shorter than a window is dropped.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class GoldChatConfig(CalibrationConfig):
     name: str = "gsm8k_gold_chat"
     num_prompts: int = 128
     enable_thinking: bool = True  # Qwen3's switch, as the reference's default; templates without it ignore it
+    pack: bool = False  # true: every token of the rows, end to end, in seqlen windows (RESP's Wanda-sp statistics)
 
 
 @CALIBRATION_SOURCES.register("gsm8k_gold_chat", GoldChatConfig)
@@ -51,6 +56,19 @@ class GSM8KGoldChat(CalibrationSource):
             tokenizer(row["answer"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for row in rows
         ]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        calibration = decode_only_batch(prompts, answers, pad, self.cfg.seqlen)
+        if self.cfg.pack:
+            stream = [token for p, a in zip(prompts, answers, strict=True) for token in p + a]
+            n = self.cfg.seqlen
+            if len(stream) < n:
+                raise ConfigError(
+                    "calibration.seqlen",
+                    f"{n} is longer than the {len(stream)} tokens of the {len(rows)} packed rows; "
+                    "lower it or raise calibration.num_prompts",
+                )
+            calibration = CalibrationSet.right_padded(
+                [stream[i : i + n] for i in range(0, len(stream) - n + 1, n)], pad, 1
+            )
+        else:
+            calibration = decode_only_batch(prompts, answers, pad, self.cfg.seqlen)
         calibration.batch_size = self.cfg.batch_size
         return self._provenance(calibration, prompts=len(rows), loss_tokens=int(calibration.loss_mask.sum()))

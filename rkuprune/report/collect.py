@@ -95,6 +95,13 @@ def variant_label(flat: dict[str, Any], peers: list[dict[str, Any]]) -> str:
     return ", ".join(parts)
 
 
+def removed_heads(pruning: dict[str, Any]) -> dict[str, float]:
+    """Query heads the plan removed, as a column, for runs whose granularity prunes heads."""
+    if pruning.get("granularity") in ("none", "layer") or "removed_q_heads" not in pruning:
+        return {}
+    return {"removed/q_heads": float(pruning["removed_q_heads"])}
+
+
 def collect(folder: Path) -> Collection:
     """Load completed runs; corrupt, failed, incomplete or malformed files are named in ``skipped`` and
     passed over (``read_results`` says why). NaN or infinite metrics come back as floats and show as such."""
@@ -111,18 +118,24 @@ def collect(folder: Path) -> Collection:
     for path, results in raw:
         model, scorer = results["model"]["name"], results["pruning"]["scorer"]
         peers = [flats[p] for p, r in raw if r["model"]["name"] == model and methods[p] == methods[path]]
+        variant = variant_label(flats[path], peers)
+        if "granularity=" not in variant and _differs(
+            "pruning.granularity", [flats[p] for p, r in raw if r["model"]["name"] == model]
+        ):  # rows that prune different units say which (RKU on channels beside GISP on heads and channels)
+            variant = ", ".join(filter(None, [f"granularity={flats[path]['pruning.granularity']}", variant]))
         found.runs.append(
             Run(
                 path=path,
                 model=model,
                 scorer=scorer,
                 method=methods[path],
-                variant=variant_label(flats[path], peers),
+                variant=variant,
                 target=float(results["pruning"]["target_sparsity"]),
                 measured=float(results["pruning"]["measured_sparsity"]),
                 metrics={
                     **{k: float(v) for k, v in results.get("metrics", {}).items()},
                     **report_columns(results.get("efficiency", {})),  # speedups, shown next to sparsity
+                    **removed_heads(results["pruning"]),
                     **{f"before_recovery/{k}": float(v) for k, v in results.get("metrics_before_recovery", {}).items()},
                 },
                 dense={k: float(v) for k, v in results.get("dense_metrics", {}).items()},

@@ -22,9 +22,11 @@ def is_accuracy(metric: str) -> bool:
 
 
 def shown(metric: str, value: float | None) -> str:
-    """Accuracies as percentages (stored as fractions), perplexities with two decimals."""
+    """Accuracies as percentages (stored as fractions), unit counts whole, perplexities with two decimals."""
     if value is None:
         return ""
+    if metric.startswith("removed/"):
+        return f"{value:.0f}"
     return f"{100 * value:.2f}" if is_accuracy(metric) else f"{value:.2f}"
 
 

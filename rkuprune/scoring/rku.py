@@ -140,14 +140,14 @@ def log_exchange_rates(s: LayerStructure, heads: torch.Tensor, channels: torch.T
     head, channel = float(heads.mean()), float(channels.mean())
     ratio = head / channel if channel > 0 else float("inf")
     log.info(
-        "rku layer %d: mean raw utility head %.4g, channel %.4g; a head = %.1f channels (%.1f per channel's worth "
-        "of parameters, a head costing %.1f channels)",
+        "rku layer %d: mean raw utility head %.4g, channel %.4g: a head carries %.1f channels' utility and costs "
+        "%.1f channels' parameters (%.2f per parameter)",
         s.index,
         head,
         channel,
         ratio,
-        ratio * s.channel_cost / s.q_head_cost,
         s.q_head_cost / s.channel_cost,
+        ratio * s.channel_cost / s.q_head_cost,
     )
 
 
