@@ -87,8 +87,8 @@ def test_every_model_scorer_benchmark_pair_composes() -> None:
 
 def scorer_run_by(option: str) -> str:
     """The registered scorer a scorer option runs: itself, or for a preset such as rku_iterative the one
-    its defaults list pulls in (``/scorer/rku@scorer``), inside another schedule or allocation."""
-    found = re.search(r"/scorer/(\w+)@scorer", (CONF / "scorer" / f"{option}.yaml").read_text())
+    its defaults list pulls in (``/scorer/rku``), inside another schedule or allocation."""
+    found = re.search(r"^  - /scorer/(\w+)", (CONF / "scorer" / f"{option}.yaml").read_text(), re.MULTILINE)
     return found.group(1).removesuffix("_schema") if found else option
 
 

@@ -51,3 +51,28 @@ def test_with_a_judge_column_the_paper_value_sits_beside_it_unmarked() -> None:
 
 def test_the_judge_is_off_by_default() -> None:
     assert BenchmarkConfig().judge.enabled is False
+
+
+def test_the_published_rku_number_sits_beside_global_rku_on_channels_only() -> None:
+    """RKU's paper number is Global RKU on FFN channels: not beside RKU with heads, nor RKU in GISP's schedule."""
+
+    def rku_run(method: str, granularity: str) -> Run:
+        config = {"pruning": {"granularity": granularity}}
+        return Run(
+            Path("."),
+            "qwen2.5-7b",
+            "rku",
+            method,
+            f"granularity={granularity}",
+            0.4,
+            0.4,
+            {"acc/gsm8k": 0.1},
+            {},
+            config,
+        )
+
+    runs = [rku_run("rku", "none"), rku_run("rku", "q_head"), rku_run("rku_iterative", "q_head")]
+    cells = {label: cells[(0.4, "acc/gsm8k")] for _, label, cells in build_table(Collection(runs=runs)).rows}
+    assert cells["rku (granularity=none)"] == "10.00 (paper 13.34)"
+    assert cells["rku (granularity=q_head)"] == "10.00"
+    assert cells["rku_iterative (granularity=q_head)"] == "10.00"

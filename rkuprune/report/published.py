@@ -23,6 +23,9 @@ class Published:
     # Scored by an LLM judge: shown beside our judge column (``<metric>/judge``) without the note when a run
     # has one (benchmark.judge.enabled=true), else beside the regex score with the note.
     judged: bool = False
+    # The pruning.granularity the published method prunes at, when a run of the same scorer may differ
+    # (RKU beside its heads ablation): the value sits beside runs at this granularity only.
+    granularity: str | None = None
 
 
 # RESP judged its answers with an LLM; runs with benchmark.judge off report lm-eval regex scores only.
@@ -34,8 +37,9 @@ RESP_JUDGED = (
 
 PUBLISHED: tuple[Published, ...] = (
     # The RKU paper gives 13.34 for "Qwen-2.5-7B / LLaMA-3-8B" without saying which: listed for both.
-    Published("RKU (arXiv 2605.09008)", "qwen2.5-7b", "rku", 0.4, "acc/gsm8k", 13.34),
-    Published("RKU (arXiv 2605.09008)", "llama3-8b", "rku", 0.4, "acc/gsm8k", 13.34),
+    # Global RKU prunes FFN channels (the v2 abstract): beside granularity=none rows only.
+    Published("RKU (arXiv 2605.09008)", "qwen2.5-7b", "rku", 0.4, "acc/gsm8k", 13.34, granularity="none"),
+    Published("RKU (arXiv 2605.09008)", "llama3-8b", "rku", 0.4, "acc/gsm8k", 13.34, granularity="none"),
     Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/gsm8k", 81.3, RESP_JUDGED, judged=True),
     Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/mathqa", 59.6, RESP_JUDGED, judged=True),
     Published("GISP README", "llama3-8b", "wanda_sp", 0.4, "ppl/wikitext2@128", 81.67),
@@ -43,8 +47,11 @@ PUBLISHED: tuple[Published, ...] = (
 )
 
 
-def published_value(model: str, method: str, sparsity: float, metric: str) -> Published | None:
+def published_value(
+    model: str, method: str, sparsity: float, metric: str, granularity: str | None = None
+) -> Published | None:
+    """The published value for a run of ``method`` (its scorer preset: rku_iterative is not rku)."""
     for row in PUBLISHED:
         if (row.model, row.method, row.metric) == (model, method, metric) and abs(row.sparsity - sparsity) < 1e-9:
-            return row
+            return row if row.granularity in (None, granularity) else None
     return None

@@ -76,7 +76,8 @@ def paper_beside(run: Run, metric: str) -> tuple[Published | None, bool]:
     """The published value shown in this run's ``metric`` cell, and whether it was scored as ours (then it
     carries no note). A judge-scored value goes beside the run's judge column when the run has one."""
     base = metric.removesuffix("/judge")
-    paper = published_value(run.model, run.scorer, run.target, base)
+    granularity = run.config.get("pruning", {}).get("granularity")
+    paper = published_value(run.model, run.method, run.target, base, granularity)
     judged_here = paper is not None and paper.judged and judge_key(base) in run.metrics
     if metric != base:  # a judge column
         return (paper, True) if judged_here else (None, False)
