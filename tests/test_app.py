@@ -120,10 +120,10 @@ def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
 RESULT_KEYS = {
     "status": None,
     "model": {"name", "params_total_before", "params_total_after", "params_prunable_before", "params_prunable_after"},
-    "pruning": {"scorer", "target_sparsity", "measured_sparsity", "granularity", "allocation"},
+    "pruning": {"scorer", "target_sparsity", "measured_sparsity", "granularity", "allocation", "removed_q_heads"},
     "metrics": None,
     "dense_metrics": None,
-    "efficiency": {"load_s", "score_s", "prune_s", "eval_s"},
+    "efficiency": {"load_s", "calibration_s", "score_s", "prune_s", "eval_s"},
     "versions": None,
     "config": None,
 }
