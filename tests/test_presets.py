@@ -79,3 +79,9 @@ def test_resp_table_calibrates_baselines_on_gold_chat_and_resp_on_its_own_traces
         assert run.calibration.num_prompts == 500 and run.model.name == "qwen3-8b"
         if row != "wanda_sp":
             assert (run.pruning.steps, run.pruning.trajectory_end) == (111, 0.7)
+
+
+def test_rku_traces_is_one_shot_global_rku_on_self_generated_traces() -> None:
+    run = compose_run(["scorer=rku_traces"])
+    assert (run.scorer.name, run.calibration.name) == ("rku", "self_generated")
+    assert (run.pruning.granularity, run.pruning.schedule, run.pruning.regenerate_at) == ("none", "oneshot", [])
