@@ -239,7 +239,7 @@ def test_taylor_matches_llm_pruner_on_kv_groups_layer_by_layer() -> None:
 def test_rku_matches_its_definition_and_global_selection() -> None:
     model = mha()
     calibration = padded_calibration(batch_size=2)
-    got = RKUScorer(RKUConfig()).score(model, calibration)
+    got = RKUScorer(RKUConfig(normalisation="block_relative")).score(model, calibration)
     model.requires_grad_(True)  # so that the reference's activations are part of a graph
     store, handles = {}, []
     for i in range(3):

@@ -230,7 +230,7 @@ def test_block_mean_counts_only_the_units_a_masked_model_still_has() -> None:
     apply_plan(model, plan, "mask")
     calibration = synthetic(loaded.tokenizer)
     raw = RKUScorer(RKUConfig(normalisation="none")).score(model, calibration).layers[1]
-    relative = RKUScorer(RKUConfig()).score(model, calibration).layers[1]
+    relative = RKUScorer(RKUConfig(normalisation="block_relative")).score(model, calibration).layers[1]
     for values, normalised, kept, size in (
         (raw.heads, relative.heads, plan.layers[1].q_heads, 8),
         (raw.channels, relative.channels, plan.layers[1].mlp_channels, 96),

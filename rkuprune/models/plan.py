@@ -165,16 +165,16 @@ class PruningPlan:
         return sorted(counts, key=lambda c: c.index)
 
     def removed_counts(self, structures: Structures) -> dict[str, int]:
-        """Removed query heads, KV heads and MLP channels (``UNIT_LABELS``' fields) and whole layers."""
+        """Removed query heads, KV heads and MLP channels (``UNIT_LABELS``' fields) and whole layers (``layer_count``)."""
         kept, dense = self.layer_counts(), PruningPlan.dense(structures).layer_counts()
         removed = {f: sum(getattr(c, f) for c in dense) - sum(getattr(c, f) for c in kept) for f in UNIT_LABELS}
-        return {**removed, "layers": sum(c.removed for c in kept)}
+        return {**removed, "layer_count": sum(c.removed for c in kept)}
 
     def removed_summary(self, structures: Structures) -> str:
         """Removed query heads, KV heads, MLP channels and whole layers, out of the dense totals."""
         removed, dense = self.removed_counts(structures), PruningPlan.dense(structures).layer_counts()
         parts = [f"{removed[f]}/{sum(getattr(c, f) for c in dense)} {label}" for f, label in UNIT_LABELS.items()]
-        return ", ".join(parts) + f", {removed['layers']}/{len(structures)} layers removed"
+        return ", ".join(parts) + f", {removed['layer_count']}/{len(structures)} layers removed"
 
     def is_uniform(self) -> bool:
         """True when every kept layer has the same head and channel counts (plain HF config can describe it)."""

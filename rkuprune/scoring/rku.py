@@ -64,7 +64,7 @@ class RKUConfig(ScorerConfig):
 
     name: str = "rku"
     objective: str = "energy"  # energy (½‖h_L‖², default) | lm_loss (causal-LM loss) | entropy (own next-token)
-    normalisation: str = "block_relative"  # see NORMALISATIONS and the module docstring
+    normalisation: str = "layer_relative"  # see NORMALISATIONS and the module docstring (as conf/scorer/rku.yaml)
     skip_first_token: bool = True  # the first token of a row is the attention sink's, not the unit's
 
 
