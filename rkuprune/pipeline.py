@@ -1,4 +1,4 @@
-"""The pruning pipeline, stage after stage as in DESIGN.md section 1:
+"""The pruning pipeline, stage after stage as in docs/design.md section 1:
 
 config -> load model -> build calibration -> score -> allocate -> apply (slice) -> (recover) -> evaluate -> record
 

@@ -233,7 +233,7 @@ def test_taylor_matches_llm_pruner_on_kv_groups_layer_by_layer() -> None:
         assert set(range(96)) - set(lp.mlp_channels) == set(c.argsort()[:24].tolist())
 
 
-# --- RKU: the project's definition (DESIGN.md section 3) --------------------------------------------------
+# --- RKU: the project's definition (docs/design.md section 3) --------------------------------------------------
 
 
 def test_rku_matches_its_definition_and_global_selection() -> None:

@@ -1,6 +1,6 @@
 """Allocators: ``uniform`` (same fraction per layer and unit type) and ``global`` (one ranking).
 
-Both count the budget in parameters (DESIGN.md section 2) and stop at the first plan whose sparsity
+Both count the budget in parameters (docs/design.md section 2) and stop at the first plan whose sparsity
 reaches the target: the overshoot is below one unit's cost for ``global`` and below one MLP channel
 per unprotected layer for ``uniform``. Every layer keeps at least one query head per kept KV group,
 one KV head and one MLP channel; a target that cannot be met is an error, never a silent clip.

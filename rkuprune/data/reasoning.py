@@ -1,5 +1,5 @@
 """Question data for reasoning benchmarks: GSM8K, AQuA-RAT, MathQA and the project's own arithmetic
-word problems, read from ``data.root`` (DESIGN.md section 6 layout) or from the hub.
+word problems, read from ``data.root`` (docs/design.md section 6 layout) or from the hub.
 
 Every dataset becomes a list of :class:`Question` with the gold answer already normalised (a number
 string for GSM8K, an upper-case option letter for AQuA and MathQA), so prompting, extraction and
@@ -178,7 +178,7 @@ def load_questions(dataset: str, split: str, data: DataConfig) -> list[Question]
     path = sources.local_path(data, dataset, split)
     if path is not None:
         if not path.is_file():
-            raise DataError(f"{path}: missing; point data.root at a folder with the DESIGN.md layout")
+            raise DataError(f"{path}: missing; point data.root at a folder holding {sources.LOCAL_FILES[(dataset, split)]}")
         rows = numbered_json_array(path) if dataset == "mathqa" else sources.numbered_json_lines(path)
         return [parse(row, i, split, f"{path}:{line}") for i, (line, row) in enumerate(rows)]
     from datasets import load_dataset

@@ -1,4 +1,4 @@
-"""Where text and question data come from: a local ``data.root`` (DESIGN.md section 6 layout), the
+"""Where text and question data come from: a local ``data.root`` (docs/design.md section 6 layout), the
 Python standard library (``pydoc``), or the Hugging Face hub when it is reachable.
 
 Every corpus has named splits; evaluation reads ``test``/``validation`` splits and calibration reads
@@ -65,7 +65,7 @@ def require_available(data: DataConfig, dataset: str, split: str, field: str) ->
         raise ConfigError(
             "data.root",
             f"{field} needs {dataset}/{split} but the hub is offline and data.root is unset; "
-            "set data.root=../shared/data (or any folder with the DESIGN.md layout)",
+            f"set data.root to a folder holding {LOCAL_FILES[(dataset, split)]} (layout: docs/design.md section 6)",
         )
 
 

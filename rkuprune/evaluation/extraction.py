@@ -1,4 +1,4 @@
-r"""Answer extraction from generated chain-of-thought text (DESIGN.md section 7).
+r"""Answer extraction from generated chain-of-thought text (docs/design.md section 7).
 
 Two families of rules, both recorded, because GSM8K scores swing with answer matching.
 

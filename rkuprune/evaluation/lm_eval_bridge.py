@@ -1,5 +1,5 @@
 """Log-likelihood multiple choice through lm-eval on the in-memory (pruned) model: ``acc/mathqa/mc``,
-``acc/aqua/mc`` and the zero-shot commonsense suite (DESIGN.md section 7).
+``acc/aqua/mc`` and the zero-shot commonsense suite (docs/design.md section 7).
 
 lm-eval does the whole job (prompts, scoring every option, acc and acc_norm) via ``HFLM`` wrapping
 the model object; this module only chooses tasks, feeds the project's data and renames keys:

@@ -1,4 +1,4 @@
-"""Perplexity (DESIGN.md section 7) as GPTQ, SparseGPT and Wanda compute it.
+"""Perplexity (docs/design.md section 7) as GPTQ, SparseGPT and Wanda compute it.
 
 The evaluation text is built as they build it: WikiText-2 test rows joined with blank lines; C4's first
 1,100 ``en`` validation documents joined with a single space (GPTQ's ``' '.join(valdata[:1100]['text'])``),

@@ -1,5 +1,5 @@
 """Generative chain-of-thought benchmarks: ``gsm8k``, ``mathqa``, ``aqua`` and the offline ``synthetic``
-arithmetic problems (DESIGN.md section 7).
+arithmetic problems (docs/design.md section 7).
 
 The model writes a solution; the answer is extracted and compared as lm-eval does
 (:mod:`rkuprune.evaluation.extraction`). Keys: ``acc/<dataset>`` (lm-eval's flexible-extract),

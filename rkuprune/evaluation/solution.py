@@ -1,4 +1,4 @@
-"""Gold-solution perplexity (DESIGN.md section 7): ``ppl/<dataset>_solution``.
+"""Gold-solution perplexity (docs/design.md section 7): ``ppl/<dataset>_solution``.
 
 Teacher-forced perplexity of the reference solution given its question, on the evaluated split: the
 model reads the prompt and the human-written solution, and only the solution's tokens count

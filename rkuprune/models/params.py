@@ -1,4 +1,4 @@
-"""Parameter counts and measured sparsity, as DESIGN.md section 2 defines them."""
+"""Parameter counts and measured sparsity, as docs/design.md section 2 defines them."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Made by an adapter from the model in hand; consumed by scorers (which units exist), allocators
 (what a unit costs) and sparsity accounting. All counts are for decoder-layer linear layers,
-biases included (DESIGN.md section 2).
+biases included (docs/design.md section 2).
 """
 
 from __future__ import annotations

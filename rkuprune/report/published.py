@@ -1,4 +1,4 @@
-"""Published numbers (DESIGN.md section 10) for the report's "paper" column.
+"""Published numbers (docs/design.md section 10) for the report's "paper" column.
 
 Accuracies are percentages as published; perplexities as published. Only rows whose model, method,
 sparsity and metric are all known are listed; the leaderboard extracts whose row is unknown and

@@ -1,4 +1,4 @@
-"""``rku``: Relative Kinetic Utility, as DESIGN.md section 3 defines it for this project.
+"""``rku``: Relative Kinetic Utility, as docs/design.md section 3 defines it for this project.
 
 1. Φ, a label-free objective on the final hidden state h_L (after the final norm), averaged over the
    calibration's real tokens: ``energy`` ½‖h_L‖² (default), or ``lm_loss``, or ``entropy``.
@@ -60,7 +60,7 @@ NORMALISATIONS = LAYER_NORMALISATIONS + BLOCK_NORMALISATIONS
 
 @dataclass
 class RKUConfig(ScorerConfig):
-    """RKU's choices; the defaults are the project's definition (DESIGN.md section 3)."""
+    """RKU's choices; the defaults are the project's definition (docs/design.md section 3)."""
 
     name: str = "rku"
     objective: str = "energy"  # energy (½‖h_L‖², default) | lm_loss (causal-LM loss) | entropy (own next-token)
