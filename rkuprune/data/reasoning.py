@@ -178,7 +178,9 @@ def load_questions(dataset: str, split: str, data: DataConfig) -> list[Question]
     path = sources.local_path(data, dataset, split)
     if path is not None:
         if not path.is_file():
-            raise DataError(f"{path}: missing; point data.root at a folder holding {sources.LOCAL_FILES[(dataset, split)]}")
+            raise DataError(
+                f"{path}: missing; point data.root at a folder holding {sources.LOCAL_FILES[(dataset, split)]}"
+            )
         rows = numbered_json_array(path) if dataset == "mathqa" else sources.numbered_json_lines(path)
         return [parse(row, i, split, f"{path}:{line}") for i, (line, row) in enumerate(rows)]
     from datasets import load_dataset
