@@ -140,36 +140,72 @@ def test_local_wikitext2_rows_match_the_published_layout() -> None:
     assert len(text.split()) == 241_211
 
 
-# -- the GPTQ/Wanda stream: BOS once, C4 joined with a space -------------------------------------
+# -- the GPTQ/Wanda stream: what the tokenizer adds (or BOS once), C4 joined with a space ----------------
 
 
-def test_bos_once_at_the_stream_start_and_windows_otherwise_unchanged() -> None:
-    tokenizer = byte_tokenizer()
-    text = pydoc_text("test")[:2000]
-    plain = tokenizer(text, add_special_tokens=False).input_ids
-    stream = token_stream(tokenizer, text)
-    assert stream[0].item() == tokenizer.bos_token_id
-    assert stream[1:].tolist() == plain  # the rest is the text's tokens, shifted by one
-    assert (stream == tokenizer.bos_token_id).sum() == 1  # once, not per window
-    tokenizer.bos_token = None  # a tokenizer without BOS (Qwen): the stream is the text alone
-    assert token_stream(tokenizer, text).tolist() == plain
+def with_bos_post_processor(tokenizer):
+    """The byte tokenizer made to add <s> itself, as LLaMA-3's adds <|begin_of_text|>."""
+    from tokenizers.processors import TemplateProcessing
 
-
-def test_the_perplexity_task_scores_the_stream_with_bos(monkeypatch) -> None:
-    seen = {}
-
-    def capture(model, ids, seqlen, max_windows, batch_size):
-        seen["ids"] = ids
-        return 1.0
-
-    monkeypatch.setattr(perplexity_module, "perplexity", capture)
-    task = build_tasks(
-        BenchmarkConfig(tasks={"p": {"task": "perplexity", "dataset": "pydoc", "seqlen": 64}}), DataConfig()
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
     )
+    return tokenizer
+
+
+def test_bos_rules_tokenizer_adds_what_the_tokenizer_adds_and_once_prepends_it_once() -> None:
+    text = pydoc_text("test")[:2000]
+    tokenizer = byte_tokenizer()
+    plain = tokenizer(text, add_special_tokens=False).input_ids
+    assert tokenizer(text).input_ids == plain  # this tokenizer adds nothing (as Qwen's and SmolLM2's)
+    assert token_stream(tokenizer, text, "tokenizer").tolist() == plain
+    once = token_stream(tokenizer, text, "once")
+    assert once[0].item() == tokenizer.bos_token_id and once[1:].tolist() == plain  # shifted by one
+    assert (once == tokenizer.bos_token_id).sum() == 1  # once, not per window
+    adding = with_bos_post_processor(byte_tokenizer())
+    assert torch.equal(token_stream(adding, text, "tokenizer"), once)  # LLaMA-3: the two rules agree
+    assert torch.equal(token_stream(adding, text, "once"), once)
+    tokenizer.bos_token = None  # a tokenizer without a BOS token: "once" has nothing to add
+    assert token_stream(tokenizer, text, "once").tolist() == plain
+
+
+def gptq_perplexity(model, tokenizer, text: str, seqlen: int) -> float:
+    """GPTQ's datautils/llama_eval, written out independently: tokenizer(text), full windows, mean loss × seqlen."""
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    nsamples = ids.numel() // seqlen
+    nlls = []
+    with torch.no_grad():
+        for i in range(nsamples):
+            batch = ids[:, i * seqlen : (i + 1) * seqlen]
+            logits = model(batch).logits
+            loss = torch.nn.CrossEntropyLoss()(logits[0, :-1], batch[0, 1:])
+            nlls.append(loss.double() * seqlen)
+    return math.exp(torch.stack(nlls).sum().item() / (nsamples * seqlen))
+
+
+@pytest.mark.parametrize("bos", ["tokenizer", "once"])
+def test_the_perplexity_task_with_bos_tokenizer_equals_an_independent_gptq_script(bos: str, monkeypatch) -> None:
     loaded = tiny("tiny-llama")
-    assert task["p"].evaluate(loaded.model, loaded.tokenizer, EvalContext()) == {"ppl/pydoc@64": 1.0}
-    assert torch.equal(seen["ids"], token_stream(loaded.tokenizer, pydoc_text("test")))
-    assert task["p"].settings()["bos"] == "once at the stream start"
+    in_float64(loaded.model)
+    text = pydoc_text("test")[:3000]
+    monkeypatch.setattr(perplexity_module, "evaluation_text", lambda dataset, data: text)
+    task = build_tasks(
+        BenchmarkConfig(tasks={"p": {"task": "perplexity", "dataset": "pydoc", "seqlen": 64, "bos": bos}}),
+        DataConfig(),
+    )["p"]
+    got = task.evaluate(loaded.model, loaded.tokenizer, EvalContext())["ppl/pydoc@64"]
+    reference = gptq_perplexity(loaded.model, loaded.tokenizer, text, 64)
+    if bos == "tokenizer":
+        assert got == pytest.approx(reference, rel=1e-12)  # float64: the two sums differ only in rounding
+    else:  # the extra BOS shifts every window by one token: a different number
+        assert got != pytest.approx(reference, rel=1e-6)
+    assert task.settings()["bos"] == bos
+
+
+def test_an_unknown_bos_rule_is_an_error_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match="'always' is not one of tokenizer, once") as error:
+        build_tasks(BenchmarkConfig(tasks={"p": {"task": "perplexity", "bos": "always"}}), DataConfig())
+    assert error.value.field == "benchmark.tasks.p.bos"
 
 
 def test_c4_is_the_first_1100_documents_joined_with_a_space(tmp_path) -> None:

@@ -3,9 +3,15 @@
 The evaluation text is built as they build it: WikiText-2 test rows joined with blank lines; C4's first
 1,100 ``en`` validation documents joined with a single space (GPTQ's ``' '.join(valdata[:1100]['text'])``),
 of which the first 256 windows count (``max_windows`` in the presets); pydoc topics joined with blank
-lines. It is tokenised once, with the tokenizer's BOS token once at the start of the stream when it has
-one (lm-eval's prefix token; what GPTQ's default tokenisation gives LLaMA), and cut into non-overlapping
-windows of ``seqlen`` tokens; the result is exp(mean NLL over every predicted token).
+lines. It is tokenised once and cut into non-overlapping windows of ``seqlen`` tokens; the result is
+exp(mean NLL over every predicted token).
+
+``bos`` says what starts the stream. ``tokenizer`` (default) is GPTQ's ``tokenizer(text)`` exactly:
+whatever special tokens the tokenizer itself adds (LLaMA-3's ``<|begin_of_text|>``; nothing for Qwen or
+SmolLM2). ``once`` prepends ``bos_token_id`` once even where the tokenizer adds none (lm-eval's prefix
+token; the project's rule before 2026-12-03, so earlier evidence in docs/ used it): on SmolLM2, whose
+BOS is the chat opener ``<|im_start|>``, it changes the dense WikiText-2 number (30.64 against 30.36).
+On LLaMA-3 the two are the same stream.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from rkuprune.tracking.progress import progress
 log = logging.getLogger(__name__)
 
 DATASETS = ("wikitext2", "c4", "pydoc")
+BOS_RULES = ("tokenizer", "once")
 
 
 @dataclass
@@ -37,6 +44,7 @@ class PerplexityConfig(TaskConfig):
     seqlen: int = 2048
     max_windows: int | None = None  # None: every full window of the text
     batch_size: int = 1
+    bos: str = "tokenizer"  # tokenizer (GPTQ's tokenizer(text)) | once (bos_token_id prepended once)
 
 
 # How each dataset's documents are joined into one stream (recorded in the task settings).
@@ -51,11 +59,13 @@ def evaluation_text(dataset: str, data: sources.DataConfig) -> str:
     return sources.pydoc_text("test")
 
 
-def token_stream(tokenizer: Any, text: str) -> torch.Tensor:
-    """The text's token ids with the tokenizer's BOS once at the start when it has one (never per window)."""
+def token_stream(tokenizer: Any, text: str, bos: str = "tokenizer") -> torch.Tensor:
+    """The text's token ids, started as ``bos`` says (module docstring); never a BOS per window."""
+    if bos == "tokenizer":
+        return torch.tensor(list(tokenizer(text).input_ids), dtype=torch.long)
     ids = tokenizer(text, add_special_tokens=False).input_ids
-    bos = getattr(tokenizer, "bos_token_id", None)
-    return torch.tensor(([bos] if bos is not None else []) + list(ids), dtype=torch.long)
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    return torch.tensor(([bos_id] if bos_id is not None else []) + list(ids), dtype=torch.long)
 
 
 @torch.no_grad()
@@ -86,6 +96,7 @@ class Perplexity(Task):
     def check(self) -> None:
         where = self.field
         check_choice(f"{where}.dataset", self.cfg.dataset, DATASETS)
+        check_choice(f"{where}.bos", self.cfg.bos, BOS_RULES)
         if self.cfg.seqlen < 2:
             raise ConfigError(f"{where}.seqlen", "must be at least 2")
         if self.cfg.max_windows is not None and self.cfg.max_windows < 1:
@@ -111,11 +122,11 @@ class Perplexity(Task):
             raise ConfigError(
                 f"{self.field}.seqlen", f"{self.cfg.seqlen} exceeds the model's context of {context} tokens"
             )
-        ids = token_stream(tokenizer, evaluation_text(self.cfg.dataset, self.data))
+        ids = token_stream(tokenizer, evaluation_text(self.cfg.dataset, self.data), self.cfg.bos)
         if ids.numel() < self.cfg.seqlen:
             raise ConfigError(f"{self.field}.seqlen", f"{self.cfg.seqlen} exceeds the text length")
         value = perplexity(model, ids, self.cfg.seqlen, self.cfg.max_windows, self.cfg.batch_size)
         return {self.metric_key: value}
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "joined_with": JOINERS[self.cfg.dataset], "bos": "once at the stream start"}
+        return {**super().settings(), "joined_with": JOINERS[self.cfg.dataset]}
