@@ -17,6 +17,7 @@ def test_resp_protocol_has_resps_published_settings() -> None:
     for key in ("gsm8k", "mathqa"):
         task = run.benchmark.tasks[key]
         assert task["chat"] is True and task["enable_thinking"] is True and task["do_sample"] is True
+        assert task["think_end_token"] == "</think>"  # lm-eval's HFLM requires it with thinking on
         assert (task["temperature"], task["top_p"], task["top_k"]) == (0.6, 0.95, 20)
     # RESP's configs/section5/main/resp_gsm8k.yaml and resp_mathqa.yaml
     gsm8k, mathqa = run.benchmark.tasks["gsm8k"], run.benchmark.tasks["mathqa"]

@@ -12,9 +12,11 @@ import yaml
 from lm_eval.api.metrics import exact_match_hf_evaluate
 from lm_eval.filters.extraction import MultiChoiceRegexFilter, RegexFilter
 from lm_eval.filters.selection import TakeFirstFilter
+from lm_eval.models.utils import postprocess_generated_text
 
 from rkuprune.evaluation import extraction
 from rkuprune.evaluation.extraction import (
+    answer_part,
     flexible_letter,
     flexible_number,
     normalize_number,
@@ -43,13 +45,29 @@ from rkuprune.evaluation.extraction import (
         ("The answer is 4. Later I said 99.", "4", "4"),  # an explicit answer beats the last number
         ("#### 7 and the answer is 8", "8", "8"),  # several explicit answers: the last one
         ("I do not know.", None, None),
-        ("<think>maybe 3, the answer is 3</think>The answer is 5.", "5", "5"),  # judged after </think>
-        ("<think>the answer is 3</think>So it is five.", None, None),
     ],
 )
 def test_number_extraction(text: str, strict: str | None, flexible: str | None) -> None:
     assert strict_number(text) == strict
     assert flexible_number(text) == flexible
+
+
+@pytest.mark.parametrize(
+    ("text", "think_end", "strict", "flexible"),
+    [
+        ("<think>maybe 3, the answer is 3</think>The answer is 5.", "</think>", "5", "5"),  # after </think>
+        ("<think>the answer is 3</think>So it is five.", "</think>", None, None),
+        ("<think>the answer is 3</think>So it is five.", None, "3", "3"),  # lm-eval's default: all the text
+        ("<think>a</think>b</think>The answer is 2.", "</think>", "2", "2"),  # after the last one
+    ],
+)
+def test_think_end_token_decides_which_text_is_judged(
+    text: str, think_end: str | None, strict: str | None, flexible: str | None
+) -> None:
+    part = answer_part(text, think_end)
+    assert part == postprocess_generated_text(text, None, think_end)  # lm-eval's HFLM does the same
+    assert strict_number(part) == strict
+    assert flexible_number(part) == flexible
 
 
 @pytest.mark.parametrize(
@@ -190,11 +208,12 @@ NUMBER_GENERATIONS = [
 ]
 
 
+@pytest.mark.parametrize("think_end", [None, "</think>"])
 @pytest.mark.parametrize("text", NUMBER_GENERATIONS)
 @pytest.mark.parametrize(("style", "config"), [("answer_is", GSM8K_COT), ("hashes", GSM8K)])
-def test_number_rules_match_lm_eval(text: str, style: str, config: dict[str, Any]) -> None:
-    ours = extraction.lm_eval_number(text, style)
-    part = text.split("</think>")[-1].lstrip()  # lm-eval's HFLM with think_end_token="</think>"
+def test_number_rules_match_lm_eval(text: str, style: str, config: dict[str, Any], think_end: str | None) -> None:
+    ours = extraction.lm_eval_number(extraction.answer_part(text, think_end), style)
+    part = postprocess_generated_text(text, None, think_end)  # what HFLM hands to the filters
     filters = filters_of(config)
     for name, extracted in (("strict-match", ours.strict), ("flexible-extract", ours.flexible)):
         oracle = run_filter(filters[name], part, {})
@@ -223,10 +242,11 @@ LETTER_GENERATIONS = [
 LETTER_CHOICES = ("60", "72 km/hr", "80", "90", "54")
 
 
+@pytest.mark.parametrize("think_end", [None, "</think>"])
 @pytest.mark.parametrize("text", LETTER_GENERATIONS)
-def test_letter_rules_match_lm_eval(text: str) -> None:
-    ours = extraction.lm_eval_letter(text, LETTER_CHOICES)
-    part = text.split("</think>")[-1].lstrip()
+def test_letter_rules_match_lm_eval(text: str, think_end: str | None) -> None:
+    ours = extraction.lm_eval_letter(extraction.answer_part(text, think_end), LETTER_CHOICES)
+    part = postprocess_generated_text(text, None, think_end)
     filters = filters_of(BBH_MC)
     doc = {"choices": list(LETTER_CHOICES)}
     for name, extracted in (("strict-match", ours.strict), ("flexible-extract", ours.flexible)):

@@ -74,8 +74,8 @@ def synthetic_suite(**judge_fields: object) -> BenchmarkConfig:
 def test_an_enabled_judge_lists_its_key_and_keys_the_dense_cache() -> None:
     off = build_tasks(synthetic_suite(), DataConfig())["syn"]
     on = build_tasks(synthetic_suite(enabled=True, model=model_config("tiny-llama")), DataConfig())["syn"]
-    assert "acc/synthetic/judge" not in off.outputs() and "judge" not in off.settings()
-    assert "acc/synthetic/judge" in on.outputs()
+    assert "acc/synthetic@rkuprune/judge" not in off.outputs() and "judge" not in off.settings()
+    assert "acc/synthetic@rkuprune/judge" in on.outputs()
     assert on.settings()["judge"]["max_new_tokens"] == 150  # part of the dense-cache key and of results.json
 
 
@@ -105,7 +105,7 @@ def test_rows_gain_the_verdicts_and_the_accuracy_is_their_mean(caplog) -> None:
         result = task.judged(rows, "prompt", EvalContext(phase="dense"), outputs)
     assert [r["judge_correct"] for r in rows] == [True, False, False, True]
     assert [r["judge_output"] for r in rows] == outputs
-    assert result.metrics == {"acc/synthetic/judge": 0.5} and result.unparsed == 1
+    assert result.metrics == {"acc/synthetic@rkuprune/judge": 0.5} and result.unparsed == 1
     assert "benchmark.tasks.syn (dense): the judge's verdict could not be read for 1 of 4" in caplog.text
 
 
@@ -167,17 +167,19 @@ def test_a_run_reports_judge_accuracy_for_the_pruned_and_the_dense_model(tmp_pat
     run = judged_run(tmp_path, monkeypatch, capsys, args)
     results, rows = run["results"], run["rows"]
     assert [row["judge_output"] for row in rows] == [VERDICT] * 3
-    assert results["metrics"]["acc/synthetic/judge"] == sum(r["judge_correct"] for r in rows) / len(rows) == 1.0
-    assert results["dense_metrics"]["acc/synthetic/judge"] == 1.0
-    assert results["metrics_before_recovery"]["acc/synthetic/judge"] == 1.0
-    assert "acc/synthetic" in results["metrics"]  # the regex score stays
+    assert (
+        results["metrics"]["acc/synthetic@rkuprune/judge"] == sum(r["judge_correct"] for r in rows) / len(rows) == 1.0
+    )
+    assert results["dense_metrics"]["acc/synthetic@rkuprune/judge"] == 1.0
+    assert results["metrics_before_recovery"]["acc/synthetic@rkuprune/judge"] == 1.0
+    assert "acc/synthetic@rkuprune" in results["metrics"]  # the regex score stays
     phases = {"dense": 0, "before_recovery": 0, "pruned": 0}
     assert results["evaluation"]["synthetic"]["judge_unparsed"] == phases
     assert run["log"].count("loading the judge") == 1  # one load for the three phases' generations
     assert results["evaluation"]["synthetic"]["judge"]["model"]["path"] == str(folder)
     # The dense values were cached once judged, judge metric included.
     cached = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "dense").glob("*.json")]
-    assert [c["acc/synthetic/judge"] for c in cached] == [1.0]
+    assert [c["acc/synthetic@rkuprune/judge"] for c in cached] == [1.0]
 
 
 def test_unreadable_verdicts_count_as_incorrect_and_are_counted(tmp_path, monkeypatch, capsys) -> None:
@@ -186,7 +188,11 @@ def test_unreadable_verdicts_count_as_incorrect_and_are_counted(tmp_path, monkey
     run = judged_run(tmp_path, monkeypatch, capsys, args)
     results, rows = run["results"], run["rows"]
     assert all(len(row["judge_output"]) <= 2 and row["judge_correct"] is False for row in rows)
-    assert results["metrics"]["acc/synthetic/judge"] == 0.0 == results["dense_metrics"]["acc/synthetic/judge"]
+    assert (
+        results["metrics"]["acc/synthetic@rkuprune/judge"]
+        == 0.0
+        == results["dense_metrics"]["acc/synthetic@rkuprune/judge"]
+    )
     assert results["evaluation"]["synthetic"]["judge_unparsed"] == {"dense": 3, "pruned": 3}
     assert run["log"].count("the judge's verdict could not be read for 3 of 3 generations") == 2  # dense, pruned
 

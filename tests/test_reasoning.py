@@ -182,7 +182,7 @@ def test_too_many_shots_is_an_error(tmp_path) -> None:
 
 
 def test_plain_and_chat_prompts(tmp_path) -> None:
-    data = write_root(tmp_path)  # two suites: in one, both tasks would write acc/aqua (refused)
+    data = write_root(tmp_path)  # two suites: in one, both tasks would write acc/aqua@rkuprune (refused)
     tasks = {
         **tasks_for(data, plain={"task": "aqua", "shots": 1}),
         **tasks_for(data, chat={"task": "aqua", "shots": 1, "chat": True}),
@@ -202,18 +202,30 @@ def test_the_thinking_switch_reaches_the_chat_template(tmp_path) -> None:
     tok = tiny("tiny-qwen3").tokenizer
     tok.chat_template = "{{ messages[-1]['content'] }}|thinking={{ enable_thinking }}"
     for value in (True, False):
-        cfg = {"task": "gsm8k", "shots": 0, "chat": True, "enable_thinking": value}
+        cfg = {"task": "gsm8k", "shots": 0, "chat": True, "enable_thinking": value, "think_end_token": "</think>"}
         task = tasks_for(write_root(tmp_path), t=cfg)["t"]
         assert task.prompt(task.questions[0], tok).endswith(f"|thinking={value}")
     with pytest.raises(ConfigError, match=r"benchmark\.tasks\.t\.enable_thinking: applies to chat prompts only"):
         tasks_for(write_root(tmp_path), t={"task": "gsm8k", "shots": 0, "enable_thinking": True})
+    # as lm-eval's HFLM: thinking on needs the token after which the answer is read
+    with pytest.raises(ConfigError, match=r"benchmark\.tasks\.t\.think_end_token: is required with enable_thinking"):
+        tasks_for(write_root(tmp_path), t={"task": "gsm8k", "shots": 0, "chat": True, "enable_thinking": True})
+
+
+def test_the_answer_is_read_from_the_whole_generation_unless_a_think_end_token_is_set(tmp_path) -> None:
+    answered, unanswered = "<think>The answer is 3.</think>\nSo the answer is 5.", "<think>3 + 2 = 5</think>\nNo idea."
+    for think_end, strict, flexible in ((None, "3.", "5"), ("</think>", None, None)):  # raw, as lm-eval keeps it
+        task = tasks_for(write_root(tmp_path), t={"task": "gsm8k", "shots": 0, "think_end_token": think_end})["t"]
+        q = task.questions[0]
+        assert task.score(answered, q)["extracted_strict"] == strict  # gsm8k_cot's rule: the first "The answer is"
+        assert task.score(unanswered, q)["extracted"] == flexible  # flexible-extract: the last number
 
 
 def test_the_answer_style_sets_the_exemplar_ending_and_the_strict_rule(tmp_path, monkeypatch) -> None:
     """Exemplars end the way lm-eval's strict rule for the style reads: "The answer is N." (gsm8k_cot),
     "#### N" (gsm8k), "The answer is (X)." for options."""
     data = write_root(tmp_path)
-    tasks = {  # one suite each: two tasks writing acc/gsm8k cannot share a suite
+    tasks = {  # one suite each: two tasks writing acc/gsm8k@rkuprune cannot share a suite
         **tasks_for(data, cot={"task": "gsm8k", "shots": 1}, aqua={"task": "aqua", "shots": 1}),
         **tasks_for(data, hashes={"task": "gsm8k", "shots": 1, "answer_style": "hashes"}),
     }
@@ -291,7 +303,9 @@ def test_accuracy_is_the_mean_of_the_recorded_correct_flags(tmp_path, monkeypatc
         ]
     )
 
-    def canned(model, tokenizer, prompts, *args, **kwargs):
+    def canned(model, tokenizer, prompts, *args, stop, **kwargs):
+        # lm-eval's gsm8k stops at "Question:", not at a blank line a solution may contain
+        assert tuple(stop) == ("Question:",)
         return [Completion(next(answers), 5) for _ in prompts], GenerationStats(len(prompts), 5 * len(prompts), 1.0)
 
     monkeypatch.setattr(reasoning, "generate", canned)
@@ -302,8 +316,8 @@ def test_accuracy_is_the_mean_of_the_recorded_correct_flags(tmp_path, monkeypatc
     assert [r["correct"] for r in rows] == [True, True, False, True]
     assert [r["correct_strict"] for r in rows] == [True, False, False, False]
     assert [r["correct_lenient"] for r in rows] == [True, True, True, True]
-    assert metrics == {"acc/gsm8k": 0.75, "acc/gsm8k/strict": 0.25, "acc/gsm8k/lenient": 1.0}
-    assert metrics["acc/gsm8k"] == sum(r["correct"] for r in rows) / len(rows)
+    assert metrics == {"acc/gsm8k@rkuprune": 0.75, "acc/gsm8k@rkuprune/strict": 0.25, "acc/gsm8k@rkuprune/lenient": 1.0}
+    assert metrics["acc/gsm8k@rkuprune"] == sum(r["correct"] for r in rows) / len(rows)
     assert set(rows[0]) >= {"id", "question", "generation", "extracted", "gold", "correct"}
     assert rows[0]["id"] == "gsm8k/test/0" and rows[0]["extracted"] == "2,000." and rows[0]["gold"] == "2000"
     assert tracker.tables["predictions/gsm8k"] == rows
@@ -318,14 +332,19 @@ def test_unparseable_output_is_flagged_not_silent(tmp_path, monkeypatch, caplog)
     )
     task = tasks_for(write_root(tmp_path), t={"task": "aqua", "shots": 0})["t"]
     with caplog.at_level(logging.WARNING, logger=reasoning.__name__):
-        assert task.evaluate(None, None, EvalContext())["acc/aqua"] == 0
+        assert task.evaluate(None, None, EvalContext())["acc/aqua@rkuprune"] == 0
     assert "no answer could be extracted from any of the 2 generations" in caplog.text
 
 
 def test_mean3_needs_all_three_parts() -> None:
-    parts = {"acc/gsm8k": 0.2, "acc/mathqa": 0.3, "acc/aqua": 0.4, "acc/synthetic": 1.0}
+    parts = {
+        "acc/gsm8k@rkuprune": 0.2,
+        "acc/mathqa@rkuprune": 0.3,
+        "acc/aqua@rkuprune": 0.4,
+        "acc/synthetic@rkuprune": 1.0,
+    }
     assert derived_metrics(parts) == {"mean3": pytest.approx(0.3)}
-    assert derived_metrics({"acc/gsm8k": 0.2, "acc/aqua": 0.4}) == {}
+    assert derived_metrics({"acc/gsm8k@rkuprune": 0.2, "acc/aqua@rkuprune": 0.4}) == {}
 
 
 # -- generation on a tiny model -------------------------------------------------------------------
@@ -383,7 +402,7 @@ def test_synthetic_runs_end_to_end_on_a_tiny_model(tmp_path) -> None:
     metrics = task.evaluate(loaded.model, loaded.tokenizer, EvalContext(run_dir=tmp_path))
     rows = [json.loads(line) for line in (tmp_path / "predictions" / "synthetic.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and [r["id"] for r in rows] == [f"synthetic/test/1234/{i}" for i in range(3)]
-    assert metrics["acc/synthetic"] == sum(r["correct"] for r in rows) / 3
+    assert metrics["acc/synthetic@rkuprune"] == sum(r["correct"] for r in rows) / 3
     assert task.settings()["exemplars"] == [] and task.settings()["prompt"] == "chat"
 
 
@@ -406,14 +425,16 @@ def test_the_reasoning_suite_runs_from_the_cli_and_records_everything(tmp_path, 
     for section in ("metrics", "dense_metrics"):
         values = results[section]
         assert set(values) >= {
-            "acc/gsm8k",
-            "acc/gsm8k/strict",
-            "acc/mathqa",
-            "acc/aqua",
+            "acc/gsm8k@rkuprune",
+            "acc/gsm8k@rkuprune/strict",
+            "acc/mathqa@rkuprune",
+            "acc/aqua@rkuprune",
             "acc/mathqa/mc",
             "acc/aqua/mc",
         }
-        assert values["mean3"] == pytest.approx((values["acc/gsm8k"] + values["acc/mathqa"] + values["acc/aqua"]) / 3)
+        assert values["mean3"] == pytest.approx(
+            (values["acc/gsm8k@rkuprune"] + values["acc/mathqa@rkuprune"] + values["acc/aqua@rkuprune"]) / 3
+        )
     gsm8k = results["evaluation"]["gsm8k"]
     assert gsm8k["shots"] == 1 and gsm8k["num_questions"] == 2 and not gsm8k["do_sample"]
     for name in ("gsm8k", "mathqa", "aqua", "mathqa_mc", "aqua_mc"):

@@ -207,20 +207,20 @@ def test_non_finite_metrics_are_strict_json_flagged_and_shown_in_the_report(tmp_
     record = RunRecord(run_dir, {"scorer": {"name": "magnitude"}}, "h")
     record.update("model", {"name": "m"})
     record.update("pruning", {"scorer": "magnitude", "target_sparsity": 0.5, "measured_sparsity": 0.5})
-    record.update("metrics", {"ppl/pydoc@64": math.inf, "acc/synthetic": math.nan})
+    record.update("metrics", {"ppl/pydoc@64": math.inf, "acc/synthetic@rkuprune": math.nan})
     record.complete()
     data = strict_json(run_dir / "results.json")
-    assert data["metrics"] == {"ppl/pydoc@64": None, "acc/synthetic": None}
-    assert data["nonfinite_metrics"] == {"metrics/ppl/pydoc@64": "inf", "metrics/acc/synthetic": "nan"}
+    assert data["metrics"] == {"ppl/pydoc@64": None, "acc/synthetic@rkuprune": None}
+    assert data["nonfinite_metrics"] == {"metrics/ppl/pydoc@64": "inf", "metrics/acc/synthetic@rkuprune": "nan"}
     results, problem = read_results(run_dir / "results.json")
     assert problem is None and results["metrics"]["ppl/pydoc@64"] == math.inf
-    assert math.isnan(results["metrics"]["acc/synthetic"])
+    assert math.isnan(results["metrics"]["acc/synthetic@rkuprune"])
     from rkuprune.report.tables import build_table
 
     cells = build_table(collect(tmp_path)).body()[1]
     assert "inf" in cells and "nan" in cells
     assert report_main([str(tmp_path)]) == 0
-    assert "acc/synthetic, ppl/pydoc@64 not finite" in capsys.readouterr().out
+    assert "acc/synthetic@rkuprune, ppl/pydoc@64 not finite" in capsys.readouterr().out
 
 
 def first_weight(model: nn.Module) -> float:
@@ -278,7 +278,7 @@ def test_a_failing_wandb_is_a_logged_warning_and_the_run_goes_on(tmp_path, monke
     tracker = trackers.WandbTracker(trackers.LoggerConfig())
     with caplog.at_level(logging.WARNING, logger=trackers.__name__):
         tracker.start(tmp_path, {}, name="run", group=None, tags=[])
-    tracker.log_summary({"acc/synthetic": 0.5})
+    tracker.log_summary({"acc/synthetic@rkuprune": 0.5})
     tracker.finish()
     assert tracker.run is None
     assert "W&B init failed (ConnectionError: no route to host); the run continues without it" in caplog.text
@@ -354,7 +354,7 @@ def test_a_mean_nll_past_709_reports_infinite_perplexity() -> None:
         ),
         (
             ["+benchmark.tasks.more={task:synthetic,num_problems:5,shots:0}"],
-            "benchmark.tasks.more: writes 'acc/synthetic' like benchmark.tasks.synthetic",
+            "benchmark.tasks.more: writes 'acc/synthetic@rkuprune' like benchmark.tasks.synthetic",
         ),
         (
             ["model.arch.max_position_embeddings=512"],
@@ -388,4 +388,9 @@ def test_a_tiny_model_runs_the_default_benchmark(tmp_path, monkeypatch, capsys) 
     code, _, err = run_cli([*args, f"hydra.run.dir={run_dir}"], monkeypatch, capsys)
     assert code == 0, err
     metrics = json.loads((run_dir / "results.json").read_text())["metrics"]
-    assert set(metrics) == {"ppl/pydoc@256", "acc/synthetic", "acc/synthetic/strict", "acc/synthetic/lenient"}
+    assert set(metrics) == {
+        "ppl/pydoc@256",
+        "acc/synthetic@rkuprune",
+        "acc/synthetic@rkuprune/strict",
+        "acc/synthetic@rkuprune/lenient",
+    }

@@ -18,14 +18,14 @@ def run(model: str, scorer: str, metrics: dict[str, float]) -> Run:
 def test_judge_scored_paper_values_are_footnoted() -> None:
     collection = Collection(
         runs=[
-            run("qwen3-8b", "resp", {"acc/gsm8k": 0.5, "acc/mathqa": 0.25}),
+            run("qwen3-8b", "resp", {"acc/gsm8k@rkuprune": 0.5, "acc/mathqa@rkuprune": 0.25}),
             run("llama3-8b", "gisp", {"ppl/wikitext2@128": 50.0}),
         ]
     )
     table = build_table(collection)
     cells = {(m, label): cells for m, label, cells in table.rows}
-    assert cells[("qwen3-8b", "resp")][(0.4, "acc/gsm8k")] == "50.00 (paper 81.3[1])"
-    assert cells[("qwen3-8b", "resp")][(0.4, "acc/mathqa")] == "25.00 (paper 59.6[1])"  # one note, one number
+    assert cells[("qwen3-8b", "resp")][(0.4, "acc/gsm8k@rkuprune")] == "50.00 (paper 81.3[1])"
+    assert cells[("qwen3-8b", "resp")][(0.4, "acc/mathqa@rkuprune")] == "25.00 (paper 59.6[1])"  # one note, one number
     assert cells[("llama3-8b", "gisp")][(0.4, "ppl/wikitext2@128")] == "50.00 (paper 46.1)"  # not judged
     assert table.notes == [RESP_JUDGED]
     assert to_markdown(table).rstrip().endswith(f"[1] {RESP_JUDGED}.")
@@ -38,14 +38,20 @@ def test_tables_without_judged_numbers_have_no_footnote() -> None:
 
 
 def test_with_a_judge_column_the_paper_value_sits_beside_it_unmarked() -> None:
-    metrics = {"acc/gsm8k": 0.5, "acc/gsm8k/judge": 0.75, "acc/mathqa": 0.25}  # MathQA not judged in this run
+    metrics = {
+        "acc/gsm8k@rkuprune": 0.5,
+        "acc/gsm8k@rkuprune/judge": 0.75,
+        "acc/mathqa@rkuprune": 0.25,
+    }  # MathQA not judged in this run
     table = build_table(Collection(runs=[run("qwen3-8b", "resp", metrics)]))
     (cells,) = [cells for _, label, cells in table.rows if label == "resp"]
-    assert cells[(0.4, "acc/gsm8k/judge")] == "75.00 (paper 81.3)"
-    assert cells[(0.4, "acc/gsm8k")] == "50.00"  # the regex score: no paper value beside it
-    assert cells[(0.4, "acc/mathqa")] == "25.00 (paper 59.6[1])"  # still regex-only: footnoted
+    assert cells[(0.4, "acc/gsm8k@rkuprune/judge")] == "75.00 (paper 81.3)"
+    assert cells[(0.4, "acc/gsm8k@rkuprune")] == "50.00"  # the regex score: no paper value beside it
+    assert cells[(0.4, "acc/mathqa@rkuprune")] == "25.00 (paper 59.6[1])"  # still regex-only: footnoted
     assert table.notes == [RESP_JUDGED]
-    judged_only = build_table(Collection(runs=[run("qwen3-8b", "resp", {"acc/gsm8k/judge": 0.75, "acc/gsm8k": 0.5})]))
+    judged_only = build_table(
+        Collection(runs=[run("qwen3-8b", "resp", {"acc/gsm8k@rkuprune/judge": 0.75, "acc/gsm8k@rkuprune": 0.5})])
+    )
     assert judged_only.notes == [] and "[1]" not in to_markdown(judged_only)
 
 
@@ -66,13 +72,13 @@ def test_the_published_rku_number_sits_beside_global_rku_on_channels_only() -> N
             f"granularity={granularity}",
             0.4,
             0.4,
-            {"acc/gsm8k": 0.1},
+            {"acc/gsm8k@rkuprune": 0.1},
             {},
             config,
         )
 
     runs = [rku_run("rku", "none"), rku_run("rku", "q_head"), rku_run("rku_iterative", "q_head")]
-    cells = {label: cells[(0.4, "acc/gsm8k")] for _, label, cells in build_table(Collection(runs=runs)).rows}
+    cells = {label: cells[(0.4, "acc/gsm8k@rkuprune")] for _, label, cells in build_table(Collection(runs=runs)).rows}
     assert cells["rku (granularity=none)"] == "10.00 (paper 13.34)"
     assert cells["rku (granularity=q_head)"] == "10.00"
     assert cells["rku_iterative (granularity=q_head)"] == "10.00"

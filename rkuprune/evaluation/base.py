@@ -91,7 +91,7 @@ class Task:
 
 TASKS: Registry[Task] = Registry("task")
 
-MEAN3 = ("acc/gsm8k", "acc/mathqa", "acc/aqua")
+MEAN3 = ("acc/gsm8k@rkuprune", "acc/mathqa@rkuprune", "acc/aqua@rkuprune")
 
 
 def derived_metrics(metrics: dict[str, float]) -> dict[str, float]:

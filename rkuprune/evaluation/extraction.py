@@ -2,9 +2,10 @@ r"""Answer extraction from generated chain-of-thought text (docs/design.md secti
 
 Two families of rules, both recorded, because GSM8K scores swing with answer matching.
 
-**lm-eval's rules** (``acc/<dataset>`` and ``acc/<dataset>/strict``), so that our accuracies sit beside
-published lm-eval numbers. They reproduce the installed lm-eval's filters and comparison exactly
-(``tests/test_extraction.py`` runs lm-eval's own filter objects as the oracle):
+**lm-eval's rules** (``acc/<dataset>@rkuprune`` and ``acc/<dataset>@rkuprune/strict``): the answer is
+read as lm-eval reads it (the prompts are the project's, see ``reasoning``). They reproduce the
+installed lm-eval's filters and comparison exactly (``tests/test_extraction.py`` runs lm-eval's own
+filter objects as the oracle):
 
 * numbers (GSM8K, synthetic): *flexible-extract* is the **last** match of
   ``(-?[$0-9.,]{2,})|(-?[0-9]+)``; *strict-match* is the **first** ``The answer is (\-?[0-9\.\,]+).``
@@ -17,10 +18,11 @@ published lm-eval numbers. They reproduce the installed lm-eval's filters and co
   is lm-eval's ``MultiChoiceRegexFilter`` (last ``(X)``, else the last option text, else ``: X``), both
   compared to "(B)" after that task's ``exact_match`` settings.
 
-A thinking model (Qwen3) is judged on the text after its last ``</think>``, as lm-eval's HFLM does
-with ``think_end_token="</think>"``.
+Every rule reads the text :func:`answer_part` gives: the whole generation, as lm-eval's HFLM by
+default, or, when a task sets ``think_end_token`` (a thinking model such as Qwen3), the text after its
+last occurrence, as HFLM with that ``think_end_token``.
 
-**The project's lenient rules** (``acc/<dataset>/lenient``):
+**The project's lenient rules** (``acc/<dataset>@rkuprune/lenient``):
 
 * numbers: the last ``#### n`` or "The (final) answer is n", else the last ``\\boxed{...}``, else the
   last number in the text; compared as decimals after removing thousands commas, currency signs, a
@@ -60,10 +62,11 @@ OPTION_MENTION = re.compile(r"(?<![\w(])\(([A-Ea-e])\)|(?<![\w(])([A-E])\)")
 THINK_END = "</think>"
 
 
-def answer_part(text: str) -> str:
-    """The part of a generation that holds the answer: after the last ``</think>`` when present
-    (lm-eval's ``think_end_token`` handling: split, keep the last part, strip its start)."""
-    return text.split(THINK_END)[-1].lstrip()
+def answer_part(text: str, think_end: str | None) -> str:
+    """The part of a generation that holds the answer: all of it when ``think_end`` is None (lm-eval's
+    default), else what follows the last ``think_end`` (lm-eval's ``think_end_token``: split, keep the
+    last part, strip its start)."""
+    return text if think_end is None else text.split(think_end)[-1].lstrip()
 
 
 def normalize_number(text: str) -> str | None:
@@ -90,7 +93,7 @@ def _last_number(text: str) -> str | None:
 
 def strict_number(text: str) -> str | None:
     """The number after the last ``####`` or "The answer is"."""
-    matches = list(STRICT_NUMBER.finditer(answer_part(text)))
+    matches = list(STRICT_NUMBER.finditer(text))
     if not matches:
         return None
     last = matches[-1]
@@ -99,7 +102,7 @@ def strict_number(text: str) -> str | None:
 
 def boxed(text: str) -> str | None:
     """The content of the last ``\\boxed{...}``."""
-    matches = BOXED.findall(answer_part(text))
+    matches = BOXED.findall(text)
     return matches[-1].strip() if matches else None
 
 
@@ -113,7 +116,7 @@ def flexible_number(text: str) -> str | None:
         number = _last_number(box.replace("\\$", "$").replace("\\%", "%"))
         if number is not None:
             return number
-    return _last_number(answer_part(text))
+    return _last_number(text)
 
 
 def _letter(match: re.Match[str]) -> str:
@@ -122,7 +125,7 @@ def _letter(match: re.Match[str]) -> str:
 
 def strict_letter(text: str, num_choices: int = 5) -> str | None:
     """The option letter after the last ``####`` or "The answer is" (upper case)."""
-    letters = [_letter(m) for m in STRICT_LETTER.finditer(answer_part(text))]
+    letters = [_letter(m) for m in STRICT_LETTER.finditer(text)]
     letters = [x for x in letters if x in "ABCDE"[:num_choices]]
     return letters[-1] if letters else None
 
@@ -134,17 +137,16 @@ def flexible_letter(text: str, choices: Sequence[str]) -> str | None:
     strict = strict_letter(text, len(choices))
     if strict is not None:
         return strict
-    part = answer_part(text)
-    box = boxed(part)
+    box = boxed(text)
     if box is not None:
         inner = re.sub(r"\\text\{([^{}]*)\}", r"\1", box).strip().strip("()").upper()
         if len(inner) == 1 and inner in valid:
             return inner
-    mentions = [_letter(m) for m in OPTION_MENTION.finditer(part)]
+    mentions = [_letter(m) for m in OPTION_MENTION.finditer(text)]
     mentions = [x for x in mentions if x in valid]
     if mentions:
         return mentions[-1]
-    number = flexible_number(part)
+    number = flexible_number(text)
     if number is None:
         return None
     values = [_option_value(choice) for choice in choices]
@@ -256,14 +258,12 @@ def exact_match(prediction: str | None, gold: str, ignore: Sequence[str]) -> boo
 
 def lm_eval_number(text: str, answer_style: str = "answer_is") -> Extracted:
     """GSM8K answers as lm-eval extracts them (``answer_style``: "answer_is" = gsm8k_cot, "hashes" = gsm8k)."""
-    part = answer_part(text)
-    return Extracted(regex_filter(STRICT_NUMBER_RULES[answer_style], part), regex_filter(FLEXIBLE_NUMBER, part, -1))
+    return Extracted(regex_filter(STRICT_NUMBER_RULES[answer_style], text), regex_filter(FLEXIBLE_NUMBER, text, -1))
 
 
 def lm_eval_letter(text: str, choices: Sequence[str]) -> Extracted:
     """Option answers as lm-eval's generative multiple-choice tasks extract them ("(B)")."""
-    part = answer_part(text)
-    return Extracted(regex_filter(STRICT_LETTER_RULE, part), multi_choice_filter(part, choices))
+    return Extracted(regex_filter(STRICT_LETTER_RULE, text), multi_choice_filter(text, choices))
 
 
 def number_is_correct(prediction: str | None, gold: str) -> bool:

@@ -34,7 +34,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rkuprune.errors import ConfigError
-from rkuprune.evaluation.extraction import answer_part
+from rkuprune.evaluation.extraction import THINK_END, answer_part
 from rkuprune.generation import Sampling, generate
 from rkuprune.models.loading import ModelConfig, check_model_config, load_model, peek_model
 
@@ -125,7 +125,7 @@ def settings(cfg: JudgeConfig) -> dict[str, Any]:
 
 
 def judge_key(metric: str) -> str:
-    """The judge-scored twin of an accuracy key: ``acc/gsm8k`` -> ``acc/gsm8k/judge``."""
+    """The judge-scored twin of an accuracy key: ``acc/gsm8k@rkuprune`` -> ``acc/gsm8k@rkuprune/judge``."""
     return f"{metric}/judge"
 
 
@@ -150,7 +150,7 @@ def parse_verdict(output: str) -> bool | None:
     """True/False from the last ``ANSWER:`` line after any thinking; None when there is none or it says
     neither true nor false (RESP reads only an exact ``true`` as correct)."""
     verdict: bool | None = None
-    for line in answer_part(output).strip().splitlines():
+    for line in answer_part(output, THINK_END).strip().splitlines():
         line = line.strip()
         if line.lower().startswith(VERDICT):
             value = line[len(VERDICT) :].strip().lower()

@@ -1,11 +1,13 @@
 """Generative chain-of-thought benchmarks: ``gsm8k``, ``mathqa``, ``aqua`` and the offline ``synthetic``
-arithmetic problems (docs/design.md section 7).
+arithmetic problems, the project's own protocol (docs/design.md section 7; lm-eval's own generative
+tasks are ``lm_eval_gen``).
 
-The model writes a solution; the answer is extracted and compared as lm-eval does
-(:mod:`rkuprune.evaluation.extraction`). Keys: ``acc/<dataset>`` (lm-eval's flexible-extract),
-``acc/<dataset>/strict`` (lm-eval's strict-match) and ``acc/<dataset>/lenient`` (the project's lenient
-rule), as **fractions in [0, 1]** like lm-eval's ``acc`` (reports multiply by 100 to compare with
-published percentages). Every question is recorded in
+The protocol: fixed exemplars drawn once per task (``fewshot_seed``), their worked solutions ending as
+the strict rule of ``answer_style`` reads them, greedy decoding to "Question:" or EOS. The answer is
+extracted and compared with lm-eval's filters (:mod:`rkuprune.evaluation.extraction`). Keys name the
+protocol: ``acc/<dataset>@rkuprune`` (lm-eval's flexible-extract), ``acc/<dataset>@rkuprune/strict``
+(strict-match) and ``acc/<dataset>@rkuprune/lenient`` (the project's lenient rule), as **fractions in
+[0, 1]** like lm-eval's ``acc`` (reports multiply by 100). Every question is recorded in
 ``<run_dir>/predictions/<dataset>.jsonl`` and as a tracker table.
 
 Why by hand and not lm-eval's ``generate_until``: generation itself is one ``model.generate`` call;
@@ -53,8 +55,10 @@ LETTER_INSTRUCTION = (
 )
 # Exemplars with longer worked solutions are left out of the pool so that k shots fit a small context.
 MAX_EXEMPLAR_CHARS = 700
-# Exemplars are separated by a blank line: a model that goes on writing a new question is cut there.
-PLAIN_STOP = ("\n\n", "Question:")
+# A plain prompt's generation ends where the model starts a new question, as lm-eval's gsm8k stops
+# ("Question:"). Not at a blank line: a model that writes one mid-solution would lose its answer.
+PLAIN_STOP = ("Question:",)
+PROTOCOL = "rkuprune"  # in every accuracy key of these tasks
 
 
 @dataclass
@@ -76,6 +80,9 @@ class ReasoningConfig(TaskConfig):
     # How exemplars state a number answer, and so lm-eval's strict rule: "answer_is" ("The answer is N.",
     # gsm8k_cot) or "hashes" ("#### N", gsm8k). Option answers are always "The answer is (X)."
     answer_style: str = "answer_is"
+    # Where a thinking model's answer starts: None judges the whole generation (lm-eval's default);
+    # "</think>" judges what follows its last occurrence (lm-eval's think_end_token).
+    think_end_token: str | None = None
 
 
 @dataclass
@@ -148,6 +155,11 @@ class ReasoningTask(Task):
         if not cfg.chat and (cfg.enable_thinking is not None or cfg.system_prompt is not None):
             field = "enable_thinking" if cfg.enable_thinking is not None else "system_prompt"
             raise ConfigError(f"{where}.{field}", f"applies to chat prompts only; set {where}.chat=true")
+        if cfg.enable_thinking and not cfg.think_end_token:
+            raise ConfigError(  # lm-eval's HFLM refuses the same: the answer must not be read from the thinking
+                f"{where}.think_end_token",
+                f"is required with enable_thinking=true; set {where}.think_end_token='</think>' (Qwen3)",
+            )
         limit = self.suite.limit
         if limit is not None and limit < 1:
             raise ConfigError("benchmark.limit", f"must be at least 1 (or null for every question), got {limit}")
@@ -185,8 +197,13 @@ class ReasoningTask(Task):
         return random.Random(self.cfg.fewshot_seed).sample(pool, self.cfg.shots)
 
     def outputs(self) -> set[str]:
-        keys = {f"acc/{self.dataset}", f"predictions/{self.dataset}.jsonl"}
-        return keys | ({judge.judge_key(f"acc/{self.dataset}")} if self.suite.judge.enabled else set())
+        keys = {self.accuracy_key, f"predictions/{self.dataset}.jsonl"}
+        return keys | ({judge.judge_key(self.accuracy_key)} if self.suite.judge.enabled else set())
+
+    @property
+    def accuracy_key(self) -> str:
+        """``acc/<dataset>@rkuprune``: the protocol is in the key (lm-eval's own tasks write ``@lm_eval``)."""
+        return f"acc/{self.dataset}@{PROTOCOL}"
 
     def settings(self) -> dict[str, Any]:
         limit = self.suite.limit
@@ -207,7 +224,7 @@ class ReasoningTask(Task):
 
     def answer_rules(self) -> dict[str, str]:
         """Which rule each accuracy key used (recorded, so a number says how it was scored)."""
-        key = f"acc/{self.dataset}"
+        key = self.accuracy_key
         if self.multiple_choice:
             lm_eval = "lm-eval bbh_cot_zeroshot rules (strict 'The answer is (X)', flexible MultiChoiceRegexFilter)"
         else:
@@ -244,6 +261,7 @@ class ReasoningTask(Task):
     def score(self, text: str, q: Question) -> dict[str, Any]:
         """One generation's answers and correctness under lm-eval's flexible and strict rules and the
         project's lenient rule (the record's fields)."""
+        text = extraction.answer_part(text, self.cfg.think_end_token)
         if q.choices:
             rules = extraction.lm_eval_letter(text, q.choices)
             lenient = extraction.flexible_letter(text, q.choices)
@@ -315,9 +333,9 @@ class ReasoningTask(Task):
             )
         n = len(rows)
         metrics = {
-            f"acc/{self.dataset}": sum(r["correct"] for r in rows) / n,
-            f"acc/{self.dataset}/strict": sum(r["correct_strict"] for r in rows) / n,
-            f"acc/{self.dataset}/lenient": sum(r["correct_lenient"] for r in rows) / n,
+            self.accuracy_key: sum(r["correct"] for r in rows) / n,
+            f"{self.accuracy_key}/strict": sum(r["correct_strict"] for r in rows) / n,
+            f"{self.accuracy_key}/lenient": sum(r["correct_lenient"] for r in rows) / n,
         }
         if ctx.judge is None:
             self.record(rows, prompts[0], ctx)
@@ -355,7 +373,7 @@ class ReasoningTask(Task):
             )
         self.record(rows, first_prompt, ctx)
         accuracy = sum(row["judge_correct"] for row in rows) / len(rows)
-        return JudgeResult({judge.judge_key(f"acc/{self.dataset}"): accuracy}, unparsed)
+        return JudgeResult({judge.judge_key(self.accuracy_key): accuracy}, unparsed)
 
     def check_model(self, context: int | None, tokenizer: Any) -> None:
         if self.cfg.chat and not getattr(tokenizer, "chat_template", None):

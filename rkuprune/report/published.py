@@ -38,10 +38,12 @@ RESP_JUDGED = (
 PUBLISHED: tuple[Published, ...] = (
     # The RKU paper gives 13.34 for "Qwen-2.5-7B / LLaMA-3-8B" without saying which: listed for both.
     # Global RKU prunes FFN channels (the v2 abstract): beside granularity=none rows only.
-    Published("RKU (arXiv 2605.09008)", "qwen2.5-7b", "rku", 0.4, "acc/gsm8k", 13.34, granularity="none"),
-    Published("RKU (arXiv 2605.09008)", "llama3-8b", "rku", 0.4, "acc/gsm8k", 13.34, granularity="none"),
-    Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/gsm8k", 81.3, RESP_JUDGED, judged=True),
-    Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/mathqa", 59.6, RESP_JUDGED, judged=True),
+    Published("RKU (arXiv 2605.09008)", "qwen2.5-7b", "rku", 0.4, "acc/gsm8k@rkuprune", 13.34, granularity="none"),
+    Published("RKU (arXiv 2605.09008)", "llama3-8b", "rku", 0.4, "acc/gsm8k@rkuprune", 13.34, granularity="none"),
+    Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/gsm8k@rkuprune", 81.3, RESP_JUDGED, judged=True),
+    Published(
+        "RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/mathqa@rkuprune", 59.6, RESP_JUDGED, judged=True
+    ),
     Published("GISP README", "llama3-8b", "wanda_sp", 0.4, "ppl/wikitext2@128", 81.67),
     Published("GISP README", "llama3-8b", "gisp", 0.4, "ppl/wikitext2@128", 46.10),
 )

@@ -1,7 +1,7 @@
 """Sweep tables: rows = model and scorer (variant), columns = target sparsity x metric, a dense row per
 model, and the published value beside ours where model, method, sparsity and metric match; a published
 value scored differently from ours carries a footnote mark. RESP's judge-scored accuracies sit beside a
-run's judge column (``acc/<task>/judge``) when it has one, unmarked, and otherwise beside the regex score
+run's judge column (``acc/<task>@rkuprune/judge``) when it has one, unmarked, and otherwise beside the regex score
 with the mark."""
 
 from __future__ import annotations
