@@ -13,6 +13,7 @@ the model object; this module only chooses tasks, feeds the project's data and r
 
 Keys: ``acc/<task>`` and ``acc/<task>_norm`` (fractions), ``mathqa_mc`` -> ``acc/mathqa/mc``.
 Per-question rows (the prompt, the chosen option, the gold option) go to ``predictions/<task>.jsonl``.
+``LMEvalTask`` is what this and lm-eval's generative tasks (:mod:`.lm_eval_generative`) share.
 """
 
 from __future__ import annotations
@@ -85,9 +86,25 @@ def _hub_cached(dataset_path: str) -> bool:
     return (Path(HF_HUB_CACHE) / f"datasets--{dataset_path.replace('/', '--')}").is_dir()
 
 
-@TASKS.register("lm_eval", LMEvalConfig)
-class LMEval(Task):
-    cfg: LMEvalConfig
+def lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+def builtin_folder(name: str) -> Path:
+    """A folder of lm-eval's built-in tasks, to index only it (indexing them all costs ~15 s)."""
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent / name
+
+
+class LMEvalTask(Task):
+    """What the lm-eval task types share: names checked against a known list, lm-eval's tasks built in
+    ``check`` (so a missing dataset or a download happens before the model is loaded), one
+    ``simple_evaluate`` call through ``HFLM`` on the model object, and one predictions row per question."""
+
+    cfg: Any  # a TaskConfig with ``tasks`` (names) and ``batch_size``
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -95,11 +112,17 @@ class LMEval(Task):
         self.sizes: dict[str, int] = {}
         self.manager: Any = None
 
+    def known(self) -> list[str]:
+        """The task names this type accepts."""
+        raise NotImplementedError
+
+    def prepare(self) -> tuple[Any, dict[str, Any]]:
+        """The lm-eval ``TaskManager`` to load from and, per our name, what it loads (a name or a config)."""
+        raise NotImplementedError
+
     def check(self) -> None:
-        """Validate names, read local data and build the lm-eval tasks now, so a missing dataset or a
-        download happens before the model is loaded."""
         where = f"{self.field}.tasks"
-        known = [*COMMONSENSE, *LOCAL]
+        known = self.known()
         if not self.cfg.tasks:
             raise ConfigError(where, f"is empty; choose from {', '.join(known)}")
         for name in self.cfg.tasks:
@@ -109,16 +132,8 @@ class LMEval(Task):
             raise ConfigError(f"{self.field}.batch_size", f"must be at least 1, got {self.cfg.batch_size}")
         if self.suite.limit is not None and self.suite.limit < 1:
             raise ConfigError("benchmark.limit", f"must be at least 1 (or null), got {self.suite.limit}")
-        self.manager = manager = self.task_manager()
-        specs: dict[str, Any] = {}
-        for name in self.cfg.tasks:
-            if name in LOCAL:
-                require_available(self.data, LOCAL[name], "test", f"{where}={name}")
-                specs[name] = local_task_config(name, data.load_questions(LOCAL[name], "test", self.data))
-            else:
-                self.require_hub(name, manager)
-                specs[name] = name
-        loaded = manager.load(list(specs.values()))["tasks"]
+        self.manager, specs = self.prepare()
+        loaded = self.manager.load(list(specs.values()))["tasks"]
         for name, spec in specs.items():
             task = loaded[spec["task"] if isinstance(spec, dict) else spec]
             self.lm_tasks[name] = task
@@ -132,48 +147,9 @@ class LMEval(Task):
                     self.field,
                 )
 
-    def task_manager(self) -> Any:
-        import lm_eval.tasks
-        from lm_eval.tasks import TaskManager
-
-        root = Path(lm_eval.tasks.__file__).parent
-        folders = sorted({str(root / COMMONSENSE[n]) for n in self.cfg.tasks if n in COMMONSENSE})
-        return TaskManager(include_path=folders or None, include_defaults=False)
-
-    def require_hub(self, name: str, manager: Any) -> None:
-        """Offline, a hub dataset must already be in the hub cache; say which field to change if not."""
-        if not hub_offline():
-            return
-        from lm_eval.tasks._yaml_loader import load_yaml
-
-        entry = manager.task_index.get(name)
-        if entry is None:
-            raise ConfigError(f"{self.field}.tasks", f"lm-eval {self._lm_eval_version()} has no task '{name}'")
-        path = load_yaml(entry.yaml_path, resolve_func=False).get("dataset_path", "")
-        if not _hub_cached(path):
-            raise ConfigError(
-                f"{self.field}.tasks",
-                f"'{name}' needs the hub dataset {path}, but the hub is offline (HF_HUB_OFFLINE=1) and it is "
-                "not cached; run with hub access or drop it from the list",
-            )
-
-    @staticmethod
-    def _lm_eval_version() -> str:
-        from importlib.metadata import version
-
-        return version("lm_eval")
-
-    def outputs(self) -> set[str]:
-        return {metric_prefix(name) for name in self.cfg.tasks}
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            **super().settings(),
-            "num_fewshot": 0,
-            "limit": self.suite.limit,
-            "split_sizes": dict(self.sizes),
-            "lm_eval": self._lm_eval_version(),
-        }
+    def run_options(self, ctx: EvalContext) -> dict[str, Any]:
+        """Further ``simple_evaluate`` arguments of this task type."""
+        return {}
 
     def evaluate(self, model: nn.Module, tokenizer: Any, ctx: EvalContext) -> dict[str, float]:
         from lm_eval import simple_evaluate
@@ -191,20 +167,95 @@ class LMEval(Task):
             random_seed=None,
             numpy_random_seed=None,
             torch_random_seed=None,
-            fewshot_random_seed=ctx.seed,
+            **self.run_options(ctx),
         )
         metrics: dict[str, float] = {}
         for name, task in self.lm_tasks.items():
-            result = out["results"][task.task_name]
-            prefix = metric_prefix(name)
-            metrics[prefix] = float(result["acc,none"])
-            if "acc_norm,none" in result:
-                metrics[f"{prefix}_norm"] = float(result["acc_norm,none"])
-            self.record(name, out["samples"][task.task_name], ctx)
+            metrics.update(self.metrics(name, out["results"][task.task_name]))
+            rows = self.rows(name, out["samples"][task.task_name])
+            key = self.predictions_key(name)
+            if ctx.run_dir is not None:
+                text = "".join(json.dumps(row, default=str) + "\n" for row in rows)
+                write_text(ctx.run_dir / f"{key}.jsonl", text)
+            if ctx.tracker is not None:
+                ctx.tracker.log_table(key, rows)
         return metrics
 
-    def record(self, name: str, samples: list[dict[str, Any]], ctx: EvalContext) -> None:
-        """One row per question: the prompt, the option with the highest log-likelihood, the gold one."""
+    def metrics(self, name: str, result: dict[str, Any]) -> dict[str, float]:
+        """Our metric keys from lm-eval's results of one task."""
+        raise NotImplementedError
+
+    def rows(self, name: str, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One predictions row per question from lm-eval's logged samples of one task."""
+        raise NotImplementedError
+
+    def predictions_key(self, name: str) -> str:
+        return f"predictions/{name}"
+
+
+@TASKS.register("lm_eval", LMEvalConfig)
+class LMEval(LMEvalTask):
+    cfg: LMEvalConfig
+
+    def known(self) -> list[str]:
+        return [*COMMONSENSE, *LOCAL]
+
+    def prepare(self) -> tuple[Any, dict[str, Any]]:
+        from lm_eval.tasks import TaskManager
+
+        folders = sorted({str(builtin_folder(COMMONSENSE[n])) for n in self.cfg.tasks if n in COMMONSENSE})
+        manager = TaskManager(include_path=folders or None, include_defaults=False)
+        specs: dict[str, Any] = {}
+        for name in self.cfg.tasks:
+            if name in LOCAL:
+                require_available(self.data, LOCAL[name], "test", f"{self.field}.tasks={name}")
+                specs[name] = local_task_config(name, data.load_questions(LOCAL[name], "test", self.data))
+            else:
+                self.require_hub(name, manager)
+                specs[name] = name
+        return manager, specs
+
+    def require_hub(self, name: str, manager: Any) -> None:
+        """Offline, a hub dataset must already be in the hub cache; say which field to change if not."""
+        if not hub_offline():
+            return
+        from lm_eval.tasks._yaml_loader import load_yaml
+
+        entry = manager.task_index.get(name)
+        if entry is None:
+            raise ConfigError(f"{self.field}.tasks", f"lm-eval {lm_eval_version()} has no task '{name}'")
+        path = load_yaml(entry.yaml_path, resolve_func=False).get("dataset_path", "")
+        if not _hub_cached(path):
+            raise ConfigError(
+                f"{self.field}.tasks",
+                f"'{name}' needs the hub dataset {path}, but the hub is offline (HF_HUB_OFFLINE=1) and it is "
+                "not cached; run with hub access or drop it from the list",
+            )
+
+    def outputs(self) -> set[str]:
+        return {metric_prefix(name) for name in self.cfg.tasks}
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "num_fewshot": 0,
+            "limit": self.suite.limit,
+            "split_sizes": dict(self.sizes),
+            "lm_eval": lm_eval_version(),
+        }
+
+    def run_options(self, ctx: EvalContext) -> dict[str, Any]:
+        return {"fewshot_random_seed": ctx.seed}
+
+    def metrics(self, name: str, result: dict[str, Any]) -> dict[str, float]:
+        prefix = metric_prefix(name)
+        metrics = {prefix: float(result["acc,none"])}
+        if "acc_norm,none" in result:
+            metrics[f"{prefix}_norm"] = float(result["acc_norm,none"])
+        return metrics
+
+    def rows(self, name: str, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The prompt, the option with the highest log-likelihood, the gold one."""
         rows = []
         for sample in samples:
             scores = [float(resp[0]) for resp in sample["filtered_resps"]]
@@ -219,8 +270,4 @@ class LMEval(Task):
                     "correct": bool(sample["acc"]),
                 }
             )
-        key = f"predictions/{name}"
-        if ctx.run_dir is not None:
-            write_text(ctx.run_dir / f"{key}.jsonl", "".join(json.dumps(row, default=str) + "\n" for row in rows))
-        if ctx.tracker is not None:
-            ctx.tracker.log_table(key, rows)
+        return rows
