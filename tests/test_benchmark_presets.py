@@ -57,3 +57,12 @@ def test_refused_before_the_model_loads(args, message, tmp_path, monkeypatch, ca
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and lines == [lines[0]] and lines[0].startswith(message), err
     assert not (run_dir / "results.json").exists()
+
+
+def test_the_paper_suite_runs_lm_evals_own_gsm8k_for_the_cells_beside_published_numbers() -> None:
+    tasks = compose_run(["benchmark=paper"]).benchmark.tasks
+    assert tasks["lm_eval_gsm8k"]["task"] == "lm_eval_gen" and list(tasks["lm_eval_gsm8k"]["tasks"]) == [
+        "gsm8k",
+        "gsm8k_cot",
+    ]
+    assert {"gsm8k", "mathqa", "aqua"} <= set(tasks)  # the project's own protocol stays beside it (mean3)

@@ -16,44 +16,81 @@ class Published:
     model: str  # this project's model config name
     method: str  # this project's scorer name
     sparsity: float
-    metric: str  # this project's metric key
+    quantity: str  # what was measured, as our keys name it without a protocol: "acc/gsm8k", "ppl/wikitext2@128"
     value: float
-    # How the paper scored it when that differs from how we score it (footnoted beside our value).
-    note: str = ""
-    # Scored by an LLM judge: shown beside our judge column (``<metric>/judge``) without the note when a run
-    # has one (benchmark.judge.enabled=true), else beside the regex score with the note.
+    protocol: str  # how the source measured it (task, shots, decoding, scoring): the footnote when ours differs
+    same_as: str | None = None  # our metric key measured the same way, when one is: then no footnote
+    # Scored by an LLM judge: shown beside our judge column (``<key>/judge``) when a run has one.
     judged: bool = False
     # The pruning.granularity the published method prunes at, when a run of the same scorer may differ
     # (RKU beside its heads ablation): the value sits beside runs at this granularity only.
     granularity: str | None = None
 
+    @property
+    def note(self) -> str:
+        return f"{self.source}: {self.protocol}"
 
-# RESP judged its answers with an LLM; runs with benchmark.judge off report lm-eval regex scores only.
-RESP_JUDGED = (
-    "judge-scored: RESP's accuracies were judged by an LLM (Qwen3-30B-A3B-Instruct-2507); "
-    "ours use lm-eval's regex rules (benchmark.judge.enabled=true adds a judge column)"
+
+RESP_OURS = (
+    "judged by an LLM (Qwen3-30B-A3B-Instruct-2507); ours: the project's own prompts with RESP's decoding "
+    "(benchmark=resp_protocol), judged when benchmark.judge.enabled=true, else lm-eval's regex rules"
 )
+RESP_GSM8K = f"lm-eval's gsm8k_cot_sample, 8-shot, chat template, Qwen3 thinking, T=0.6, up to 2048 tokens, {RESP_OURS}"
+RESP_MATHQA = f"MathQA through lm-eval, 0-shot, chat template, Qwen3 thinking, T=0.6, up to 4096 tokens, {RESP_OURS}"
 
 
 PUBLISHED: tuple[Published, ...] = (
     # The RKU paper gives 13.34 for "Qwen-2.5-7B / LLaMA-3-8B" without saying which: listed for both.
     # Global RKU prunes FFN channels (the v2 abstract): beside granularity=none rows only.
-    Published("RKU (arXiv 2605.09008)", "qwen2.5-7b", "rku", 0.4, "acc/gsm8k@rkuprune", 13.34, granularity="none"),
-    Published("RKU (arXiv 2605.09008)", "llama3-8b", "rku", 0.4, "acc/gsm8k@rkuprune", 13.34, granularity="none"),
-    Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/gsm8k@rkuprune", 81.3, RESP_JUDGED, judged=True),
-    Published(
-        "RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/mathqa@rkuprune", 59.6, RESP_JUDGED, judged=True
+    *(
+        Published(
+            "RKU (arXiv 2605.09008)",
+            model,
+            "rku",
+            0.4,
+            "acc/gsm8k",
+            13.34,
+            "GSM8K accuracy; the abstract names neither the lm-eval task nor the shots",
+            granularity="none",
+        )
+        for model in ("qwen2.5-7b", "llama3-8b")
     ),
-    Published("GISP README", "llama3-8b", "wanda_sp", 0.4, "ppl/wikitext2@128", 81.67),
-    Published("GISP README", "llama3-8b", "gisp", 0.4, "ppl/wikitext2@128", 46.10),
+    Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/gsm8k", 81.3, RESP_GSM8K, judged=True),
+    Published("RESP (arXiv 2512.02185)", "qwen3-8b", "resp", 0.4, "acc/mathqa", 59.6, RESP_MATHQA, judged=True),
+    *(
+        Published(
+            "GISP README",
+            "llama3-8b",
+            method,
+            0.4,
+            "ppl/wikitext2@128",
+            value,
+            "WikiText-2 test joined with blank lines, tokenizer(text), 128-token windows (modules/eval/ppl.py)",
+            same_as="ppl/wikitext2@128",
+        )
+        for method, value in (("wanda_sp", 81.67), ("gisp", 46.10))
+    ),
 )
+# lm-eval task -> the dataset its accuracy measures (keys acc/<task>@lm_eval/<filter>)
+LM_EVAL_DATASETS = {"gsm8k": "gsm8k", "gsm8k_cot": "gsm8k", "gsm8k_cot_zeroshot": "gsm8k"}
 
 
-def published_value(
-    model: str, method: str, sparsity: float, metric: str, granularity: str | None = None
-) -> Published | None:
-    """The published value for a run of ``method`` (its scorer preset: rku_iterative is not rku)."""
-    for row in PUBLISHED:
-        if (row.model, row.method, row.metric) == (model, method, metric) and abs(row.sparsity - sparsity) < 1e-9:
-            return row if row.granularity in (None, granularity) else None
-    return None
+def published_for(model: str, method: str, sparsity: float, granularity: str | None = None) -> list[Published]:
+    """The published values for a run of ``method`` (its scorer preset: rku_iterative is not rku)."""
+    return [
+        row
+        for row in PUBLISHED
+        if (row.model, row.method) == (model, method)
+        and abs(row.sparsity - sparsity) < 1e-9
+        and row.granularity in (None, granularity)
+    ]
+
+
+def cell_for(paper: Published, metrics: dict[str, float]) -> str | None:
+    """Which of a run's metric keys shows ``paper``: the key measured the same way; else, for a judged
+    value, our judge column; else lm-eval's own task (strict-match), else the project's own protocol."""
+    dataset = paper.quantity.removeprefix("acc/")
+    lm_eval = [f"acc/{task}@lm_eval/strict-match" for task, d in LM_EVAL_DATASETS.items() if d == dataset]
+    own = f"{paper.quantity}@rkuprune"
+    candidates = [paper.same_as, *([f"{own}/judge"] if paper.judged else []), *lm_eval, own]
+    return next((key for key in candidates if key is not None and key in metrics), None)

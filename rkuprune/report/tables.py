@@ -1,8 +1,7 @@
 """Sweep tables: rows = model and scorer (variant), columns = target sparsity x metric, a dense row per
-model, and the published value beside ours where model, method, sparsity and metric match; a published
-value scored differently from ours carries a footnote mark. RESP's judge-scored accuracies sit beside a
-run's judge column (``acc/<task>@rkuprune/judge``) when it has one, unmarked, and otherwise beside the regex score
-with the mark."""
+model, and each published value in one cell of the runs of its model, method and sparsity (``cell_for``):
+unmarked beside the key measured as the source measured it, otherwise beside the nearest one with a
+footnote saying how the source measured it and how we did."""
 
 from __future__ import annotations
 
@@ -10,9 +9,8 @@ import csv
 import io
 from dataclasses import dataclass, field
 
-from rkuprune.evaluation.judge import judge_key
 from rkuprune.report.collect import Collection, Run
-from rkuprune.report.published import Published, published_value
+from rkuprune.report.published import Published, cell_for, published_for
 
 PERCENT_PREFIXES = ("acc/", "mean3")
 
@@ -62,7 +60,7 @@ def build_table(collection: Collection, metrics: list[str] | None = None) -> Tab
                     paper, same_scoring = paper_beside(run, metric)
                     if paper is not None:
                         mark = ""
-                        if paper.note and not same_scoring:
+                        if not same_scoring:
                             if paper.note not in notes:
                                 notes.append(paper.note)
                             mark = f"[{notes.index(paper.note) + 1}]"
@@ -73,15 +71,13 @@ def build_table(collection: Collection, metrics: list[str] | None = None) -> Tab
 
 
 def paper_beside(run: Run, metric: str) -> tuple[Published | None, bool]:
-    """The published value shown in this run's ``metric`` cell, and whether it was scored as ours (then it
-    carries no note). A judge-scored value goes beside the run's judge column when the run has one."""
-    base = metric.removesuffix("/judge")
+    """The published value shown in this run's ``metric`` cell, and whether it was measured as ours (then
+    it carries no footnote)."""
     granularity = run.config.get("pruning", {}).get("granularity")
-    paper = published_value(run.model, run.method, run.target, base, granularity)
-    judged_here = paper is not None and paper.judged and judge_key(base) in run.metrics
-    if metric != base:  # a judge column
-        return (paper, True) if judged_here else (None, False)
-    return (None, False) if judged_here else (paper, False)
+    for paper in published_for(run.model, run.method, run.target, granularity):
+        if cell_for(paper, run.metrics) == metric:
+            return paper, metric == paper.same_as
+    return None, False
 
 
 def by_metric(collection: Collection) -> str:
