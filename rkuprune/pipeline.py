@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
         record_speed(cfg.benchmark.speed, loaded, dense_speed, record)
         recover(cfg, loaded, stages, record, ctx)
         with record.timed("eval_s"):
-            metrics = evaluate(stages.tasks, loaded, ctx)
+            metrics = evaluate(stages.tasks, loaded, ctx, record.data["efficiency"].setdefault("task_s", {}))
         judge(queue, loaded, metrics, dense, record)
         finish(cfg, loaded, plan, metrics, dense, record, stages.tracker, run_dir)
     except BaseException as exc:
@@ -325,7 +326,10 @@ def recover(cfg: RunConfig, loaded: LoadedModel, stages: Stages, record: RunReco
     if not stages.recovery.active:
         return
     with record.timed("eval_before_recovery_s"):
-        before = evaluate(stages.tasks, loaded, EvalContext(seed=cfg.seed, judge=ctx.judge, phase="before_recovery"))
+        before_ctx = EvalContext(seed=cfg.seed, judge=ctx.judge, phase="before_recovery")
+        before = evaluate(
+            stages.tasks, loaded, before_ctx, record.data["efficiency"].setdefault("task_before_recovery_s", {})
+        )
     record.data["metrics_before_recovery"] = before
     with record.timed("recover_s"):
         result = stages.recovery.recover(loaded.model, loaded.tokenizer, cfg.data)
@@ -337,12 +341,17 @@ def recover(cfg: RunConfig, loaded: LoadedModel, stages: Stages, record: RunReco
     )
 
 
-def evaluate(tasks: dict[str, Task], loaded: LoadedModel, ctx: EvalContext) -> dict[str, float]:
+def evaluate(
+    tasks: dict[str, Task], loaded: LoadedModel, ctx: EvalContext, seconds: dict[str, float]
+) -> dict[str, float]:
+    """Every task's metrics (and the derived ones); each task's wall time goes to ``seconds``."""
     metrics: dict[str, float] = {}
     for key, task in tasks.items():
         log.info("evaluating %s (%s)", key, task.cfg.task)
+        start = time.perf_counter()
         values = task.evaluate(loaded.model, loaded.tokenizer, ctx)
-        log.info("%s: %s", key, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+        seconds[key] = round(time.perf_counter() - start, 3)
+        log.info("%s: %s (%.1f s)", key, ", ".join(f"{k}={v:.4g}" for k, v in values.items()), seconds[key])
         metrics.update(values)
     metrics.update(derived_metrics(metrics))
     return metrics
@@ -368,7 +377,9 @@ def evaluate_dense(
                 log.info("dense %s: cached (%s)", name, path)
                 continue
             log.info("evaluating the dense model: %s", name)
+            start = time.perf_counter()
             values = task.evaluate(loaded.model, loaded.tokenizer, dense_ctx)
+            record.data["efficiency"].setdefault("dense_task_s", {})[name] = round(time.perf_counter() - start, 3)
             waiting = ctx.judge.waiting("dense", name) if ctx.judge is not None else None
             if cfg.dense_cache and waiting is not None:  # cached once judged, with the judge's metrics
                 waiting.then.append(

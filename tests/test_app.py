@@ -123,7 +123,7 @@ RESULT_KEYS = {
     "pruning": {"scorer", "target_sparsity", "measured_sparsity", "granularity", "allocation", "removed_q_heads"},
     "metrics": None,
     "dense_metrics": None,
-    "efficiency": {"load_s", "calibration_s", "score_s", "prune_s", "eval_s"},
+    "efficiency": {"load_s", "calibration_s", "score_s", "prune_s", "eval_s", "task_s"},
     "versions": None,
     "config": None,
 }
@@ -157,6 +157,8 @@ def test_cli_end_to_end_writes_complete_records(tmp_path, monkeypatch, capsys) -
     assert results["pruning"]["measured_sparsity"] >= 0.3
     assert results["metrics"]["ppl/pydoc@64"] > 1 and results["dense_metrics"]["ppl/pydoc@64"] > 1
     assert results["config"]["pruning"]["sparsity"] == 0.3
+    task_s = results["efficiency"]["task_s"]  # each task's wall time, within the evaluation's
+    assert set(task_s) == {"ppl_pydoc"} and 0 < task_s["ppl_pydoc"] <= results["efficiency"]["eval_s"]
     assert (run_dir / "pruning_plan.json").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
     assert "ppl/pydoc@64" in out and str(run_dir / "results.json") in out
     model, _ = load_pruned(run_dir / "model")
