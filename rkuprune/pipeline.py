@@ -35,6 +35,7 @@ from rkuprune.report.plan_picture import plot_plan
 from rkuprune.scoring.base import SCORERS, Scorer, check_buffer_memory
 from rkuprune.tracking.atomic import write_json
 from rkuprune.tracking.records import RESULTS_FILE, RunRecord, read_results
+from rkuprune.tracking.side import side_artifact
 from rkuprune.tracking.trackers import TRACKERS, Tracker
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
         stages.tracker.finish(failed=True)
         raise
     stages.tracker.finish()
+    record.write_warnings()
     return record.data
 
 
@@ -257,7 +259,8 @@ def select_units(
             regenerate if source is not None and source.regenerates else None,
         )
         if path is not None:
-            trajectory.save(path)
+            with side_artifact(f"trajectory cache {path}", log):
+                trajectory.save(path)
     step = trajectory.closest_step(cfg.pruning.sparsity)
     milestones = trajectory.milestone_steps(cfg.pruning.milestones)
     for milestone, at in milestones.items():
@@ -372,10 +375,10 @@ def evaluate_dense(
             waiting = ctx.judge.waiting("dense", name) if ctx.judge is not None else None
             if cfg.dense_cache and waiting is not None:  # cached once judged, with the judge's metrics
                 waiting.then.append(
-                    lambda result, path=path, values=values: write_json(path, {**values, **result.metrics})
+                    lambda result, path=path, values=values: cache_write(path, {**values, **result.metrics})
                 )
             elif cfg.dense_cache:
-                write_json(path, values)
+                cache_write(path, values)
             dense.update(values)
     dense.update(derived_metrics(dense))
     record.update("dense_metrics", dense)
@@ -408,6 +411,12 @@ def judge(
         record.update("metrics_before_recovery", before)
 
 
+def cache_write(path: Path, values: dict[str, Any]) -> None:
+    """Write a dense-metric cache file; an unwritable cache (read-only, full) is a recorded warning."""
+    with side_artifact(f"dense-metric cache {path}", log):
+        write_json(path, values)
+
+
 def read_dense_cache(path: Path) -> dict[str, float] | None:
     """Cached dense metrics, or None when absent; a corrupt file is named and recomputed."""
     if not path.is_file():
@@ -435,10 +444,11 @@ def finish(
     tracker: Tracker,
     run_dir: Path,
 ) -> None:
-    """Write the plan (and its picture), the metrics, the model if asked, and tell the tracker."""
-    plan.save(run_dir / "pruning_plan.json")
-    plot_plan(plan, run_dir / "pruning_plan.png", title=f"{cfg.model.name} {cfg.scorer.name}")
+    """Write the metrics, the plan (and its picture, a side artifact), the model if asked, and tell the tracker."""
     record.update("metrics", metrics)
+    plan.save(run_dir / "pruning_plan.json")
+    with side_artifact(f"plan picture {run_dir / 'pruning_plan.png'}", log):
+        plot_plan(plan, run_dir / "pruning_plan.png", title=f"{cfg.model.name} {cfg.scorer.name}")
     if cfg.save_model:
         log.info("saving the pruned model to %s", run_dir / "model")
         save_pruned(loaded.model, loaded.tokenizer, plan, run_dir / "model")

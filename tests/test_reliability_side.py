@@ -1,0 +1,68 @@
+"""Issue 24, section 1: a side artifact that fails (the plan picture, a cache, W&B) is a warning in
+results.json, never a lost run. Each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import matplotlib.figure
+
+from rkuprune.tracking import atomic
+from tests.test_app import run_cli
+
+RUN = [
+    "model=tiny-llama",
+    "logger=none",
+    "scorer=magnitude",
+    "benchmark=none",
+    "benchmark.speed.enabled=false",
+    "+benchmark.tasks.ppl={task:perplexity,dataset:pydoc,seqlen:64,max_windows:2}",
+]
+
+
+def test_a_full_disk_at_the_plan_picture_keeps_the_metrics_and_records_a_warning(tmp_path, monkeypatch, capsys) -> None:
+    """Disk full while drawing pruning_plan.png once made results.json say failed, with metrics {}."""
+
+    def disk_full(self: object, path: object, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full)
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli([*RUN, f"hydra.run.dir={run_dir}"], monkeypatch, capsys)
+    assert code == 0, err
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and set(results["metrics"]) == {"ppl/pydoc@64"}
+    (warning,) = results["warnings"]
+    assert warning.startswith(f"plan picture {run_dir / 'pruning_plan.png'}: not written (OSError: ")
+    assert "No space left on device" in warning and (run_dir / "pruning_plan.json").is_file()
+
+
+def test_a_read_only_cache_is_a_warning_and_the_run_goes_on(tmp_path, monkeypatch, capsys) -> None:
+    """A read-only ~/.cache/rkuprune (or RKUPRUNE_CACHE) once failed every run right after the dense evaluation."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    monkeypatch.setenv("RKUPRUNE_CACHE", str(cache))
+    if os.access(cache, os.W_OK):  # root: the mode does not stop it, so the write refuses as the folder would
+        real = atomic.write_text
+
+        def read_only(path: str | Path, text: str) -> None:
+            if Path(path).is_relative_to(cache):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            real(path, text)
+
+        monkeypatch.setattr(atomic, "write_text", read_only)
+    run_dir = tmp_path / "run"
+    try:
+        code, _, err = run_cli([*RUN, "dense_cache=true", f"hydra.run.dir={run_dir}"], monkeypatch, capsys)
+    finally:
+        cache.chmod(0o755)
+    assert code == 0, err
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and "ppl/pydoc@64" in results["dense_metrics"]
+    (warning,) = results["warnings"]
+    assert warning.startswith(f"dense-metric cache {cache / 'dense'}") and "PermissionError" in warning
+    assert not list(cache.rglob("*.json"))
