@@ -77,6 +77,8 @@ def prepare(cfg: RunConfig) -> Stages:
     if peeked is not None:
         for task in tasks.values():
             task.check_model(*peeked)
+        if calibration is not None:
+            calibration.check_model(peeked[0])
     if cfg.benchmark.speed.enabled:
         speed.check(cfg.benchmark.speed)
     tracker = TRACKERS.build(cfg.logger, "logger")
@@ -177,6 +179,7 @@ def completed_results(run_dir: Path, wanted_hash: str, save_model: bool) -> dict
 def build_calibration(stages: Stages, loaded: LoadedModel, cfg: RunConfig, record: RunRecord) -> CalibrationSet | None:
     if stages.calibration is None:
         return None
+    stages.calibration.check_model(getattr(loaded.model.config, "max_position_embeddings", None))
     log.info("building calibration '%s' (%d tokens asked)", cfg.calibration.name, cfg.calibration.num_tokens)
     calibration = stages.calibration.build(loaded.tokenizer, cfg.data, model=loaded.model)
     record.update("calibration", calibration.provenance)

@@ -1,5 +1,6 @@
 """Issue 24, section 1: a side artifact that fails (the plan picture, a cache, W&B) is a warning in
-results.json, never a lost run. Each test fails on the code before its fix."""
+results.json, never a lost run; calibration longer than the context is refused. Each test fails on the
+code before its fix."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import os
 from pathlib import Path
 
 import matplotlib.figure
+import pytest
 
+from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationConfig
+from rkuprune.errors import ConfigError
 from rkuprune.tracking import atomic
 from tests.test_app import run_cli
 
@@ -66,3 +70,18 @@ def test_a_read_only_cache_is_a_warning_and_the_run_goes_on(tmp_path, monkeypatc
     (warning,) = results["warnings"]
     assert warning.startswith(f"dense-metric cache {cache / 'dense'}") and "PermissionError" in warning
     assert not list(cache.rglob("*.json"))
+
+
+def test_calibration_longer_than_the_context_is_one_line_before_loading(tmp_path, monkeypatch, capsys) -> None:
+    """calibration.seqlen=2048 on a 1024-token model once scored windows past the context, silently."""
+    run_dir = tmp_path / "run"
+    args = ["model=tiny-llama", "logger=none", "scorer=wanda_sp", "benchmark=none", "calibration=pydoc"]
+    args += ["calibration.seqlen=2048", "calibration.num_tokens=4096", f"hydra.run.dir={run_dir}"]
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert code == 2
+    assert err.strip().splitlines() == ["error: calibration.seqlen: 2048 exceeds the model's context of 1024 tokens"]
+    assert not (run_dir / "results.json").exists()
+    source = CALIBRATION_SOURCES.build(CalibrationConfig(name="synthetic", seqlen=1025), "calibration")
+    with pytest.raises(ConfigError, match=r"^calibration\.seqlen: 1025 exceeds the model's context of 1024 tokens$"):
+        source.check_model(1024)  # the check on the loaded model, for models that cannot be peeked at
+    source.check_model(None)  # an unknown context is not refused
