@@ -1,6 +1,6 @@
 """Issue 24, section 1: a side artifact that fails (the plan picture, a cache, W&B) is a warning in
-results.json, never a lost run; calibration longer than the context is refused. Each test fails on the
-code before its fix."""
+results.json, never a lost run; calibration longer than the context is refused; saved weights follow
+the umask. Each test fails on the code before its fix."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ import pytest
 
 from rkuprune.data.calibration import CALIBRATION_SOURCES, CalibrationConfig
 from rkuprune.errors import ConfigError
+from rkuprune.models import loading
+from rkuprune.models.adapters import adapter_for
+from rkuprune.models.io import save_pruned
+from rkuprune.models.loading import ModelConfig
+from rkuprune.models.plan import PruningPlan
+from rkuprune.models.surgery import apply_plan
+from rkuprune.models.tokenizer import byte_tokenizer
 from rkuprune.tracking import atomic
+from tests.conftest import tiny
 from tests.test_app import run_cli
 
 RUN = [
@@ -85,3 +93,32 @@ def test_calibration_longer_than_the_context_is_one_line_before_loading(tmp_path
     with pytest.raises(ConfigError, match=r"^calibration\.seqlen: 1025 exceeds the model's context of 1024 tokens$"):
         source.check_model(1024)  # the check on the loaded model, for models that cannot be peeked at
     source.check_model(None)  # an unknown context is not refused
+
+
+def modes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]}
+
+
+def test_saved_and_converted_weights_follow_the_umask(tmp_path, monkeypatch) -> None:
+    """model/model.safetensors (and the converted GGUF cache's copy) were 0600 under umask 022."""
+    monkeypatch.setenv("RKUPRUNE_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "pkg" / "model.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"")
+    monkeypatch.setattr(loading, "_gguf_path", lambda cfg: gguf)
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: tiny("tiny-llama").model)
+    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", lambda *a, **k: byte_tokenizer())
+    previous = os.umask(0o022)
+    try:
+        loaded = tiny("tiny-llama")
+        plan = PruningPlan.dense(adapter_for(loaded.model).structures(), base_model="tiny")
+        apply_plan(loaded.model, plan, "slice")
+        saved = save_pruned(loaded.model, byte_tokenizer(), plan, tmp_path / "model")
+        converted = loading.converted_gguf_folder(ModelConfig())
+    finally:
+        os.umask(previous)
+    for folder in (saved, converted):
+        found = modes(folder)
+        assert found["model.safetensors"] == 0o644, found
+        assert {mode for name, mode in found.items() if (folder / name).is_dir()} == {0o755}, found
+        assert {mode for name, mode in found.items() if (folder / name).is_file()} == {0o644}, found

@@ -28,7 +28,7 @@ from rkuprune.models.adapters import ROLES, adapter_for
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.structures import LayerStructure, Structures
 from rkuprune.models.surgery import SIZES_KEY
-from rkuprune.tracking.atomic import umask_mode
+from rkuprune.tracking.atomic import follow_umask
 from rkuprune.versions import versions
 
 PLAN_FILE = "pruning_plan.json"
@@ -45,12 +45,12 @@ def save_pruned(model: PreTrainedModel, tokenizer: Any, plan: PruningPlan, path:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new."))
     try:
-        staging.chmod(umask_mode(0o777))
         _save_without_custom_code(model, staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         plan.metadata.setdefault("versions", versions())
         plan.save(staging / PLAN_FILE)
+        follow_umask(staging)
         _swap_in(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

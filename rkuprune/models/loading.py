@@ -23,6 +23,7 @@ from transformers.initialization import no_init_weights
 from rkuprune.errors import CheckpointError, ConfigError, check_choice
 from rkuprune.models.io import refuse_custom_code
 from rkuprune.models.tokenizer import byte_tokenizer
+from rkuprune.tracking.atomic import follow_umask
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -155,6 +156,7 @@ def converted_gguf_folder(cfg: ModelConfig) -> Path:
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        follow_umask(staging)  # a shared cache: the weights readable like the rest
         staging.replace(target)
     except OSError:  # another process finished the same conversion first
         if not (target / "config.json").is_file():
