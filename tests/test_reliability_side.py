@@ -22,6 +22,7 @@ from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import apply_plan
 from rkuprune.models.tokenizer import byte_tokenizer
 from rkuprune.tracking import atomic
+from rkuprune.tracking.side import take_warnings
 from tests.conftest import tiny
 from tests.test_app import run_cli
 
@@ -122,3 +123,33 @@ def test_saved_and_converted_weights_follow_the_umask(tmp_path, monkeypatch) -> 
         assert found["model.safetensors"] == 0o644, found
         assert {mode for name, mode in found.items() if (folder / name).is_dir()} == {0o755}, found
         assert {mode for name, mode in found.items() if (folder / name).is_file()} == {0o644}, found
+
+
+def test_a_gguf_conversion_with_a_read_only_cache_loads_from_a_temporary_folder(tmp_path, monkeypatch) -> None:
+    """An unconverted GGUF with a read-only cache once failed the run: the conversion had nowhere to go."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    cache = locked / "cache"
+    if os.access(locked, os.W_OK):  # root: a cache under a file is unwritable for everyone
+        (tmp_path / "a_file").write_text("")
+        cache = tmp_path / "a_file" / "cache"
+    monkeypatch.setenv("RKUPRUNE_CACHE", str(cache))
+    gguf = tmp_path / "pkg" / "model.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"")
+    monkeypatch.setattr(loading, "_gguf_path", lambda cfg: gguf)
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: tiny("tiny-llama").model)
+    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", lambda *a, **k: byte_tokenizer())
+    take_warnings()
+    try:
+        loaded = loading.load_model(ModelConfig(device="cpu"))
+    finally:
+        locked.chmod(0o755)
+    assert loaded.model is not None
+    (warning,) = take_warnings()
+    assert (
+        warning.startswith(f"GGUF cache {cache / 'gguf' / 'model'}: not written (") and "for this run only" in warning
+    )
+    scratch = Path(warning.split(" converted into ", 1)[1].split(" for this run only", 1)[0])
+    assert scratch.name.startswith("rkuprune-gguf-model-") and not scratch.exists()  # removed once loaded
