@@ -23,6 +23,13 @@ def check_choice(field: str, value: object, choices: Collection[str]) -> None:
         raise ConfigError(field, f"'{value}' is not one of {', '.join(choices)}")
 
 
+def check_context(field: str, seqlen: int, context: int | None) -> None:
+    """A window longer than the model's context (``max_position_embeddings``; None: unknown) would be
+    scored past it, silently: refuse it, naming ``field`` (calibration and benchmark seqlens alike)."""
+    if context is not None and seqlen > context:
+        raise ConfigError(field, f"{seqlen} exceeds the model's context of {context} tokens")
+
+
 class PlanError(RkupruneError, ValueError):
     """A pruning plan is inconsistent with the model (names the layer)."""
 

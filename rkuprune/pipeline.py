@@ -36,6 +36,7 @@ from rkuprune.report.plan_picture import plot_plan
 from rkuprune.scoring.base import SCORERS, Scorer, check_buffer_memory
 from rkuprune.tracking.atomic import write_json
 from rkuprune.tracking.records import RESULTS_FILE, RunRecord, read_results
+from rkuprune.tracking.side import side_artifact
 from rkuprune.tracking.trackers import TRACKERS, Tracker
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ def prepare(cfg: RunConfig) -> Stages:
     if peeked is not None:
         for task in tasks.values():
             task.check_model(*peeked)
+        if calibration is not None:
+            calibration.check_model(peeked[0])
     if cfg.benchmark.speed.enabled:
         speed.check(cfg.benchmark.speed)
     tracker = TRACKERS.build(cfg.logger, "logger")
@@ -149,6 +152,7 @@ def run(cfg: RunConfig, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]
         stages.tracker.finish(failed=True)
         raise
     stages.tracker.finish()
+    record.write_warnings()
     return record.data
 
 
@@ -176,6 +180,7 @@ def completed_results(run_dir: Path, wanted_hash: str, save_model: bool) -> dict
 def build_calibration(stages: Stages, loaded: LoadedModel, cfg: RunConfig, record: RunRecord) -> CalibrationSet | None:
     if stages.calibration is None:
         return None
+    stages.calibration.check_model(getattr(loaded.model.config, "max_position_embeddings", None))
     log.info("building calibration '%s' (%d tokens asked)", cfg.calibration.name, cfg.calibration.num_tokens)
     calibration = stages.calibration.build(loaded.tokenizer, cfg.data, model=loaded.model)
     record.update("calibration", calibration.provenance)
@@ -258,7 +263,8 @@ def select_units(
             regenerate if source is not None and source.regenerates else None,
         )
         if path is not None:
-            trajectory.save(path)
+            with side_artifact(f"trajectory cache {path}", log):
+                trajectory.save(path)
     step = trajectory.closest_step(cfg.pruning.sparsity)
     milestones = trajectory.milestone_steps(cfg.pruning.milestones)
     for milestone, at in milestones.items():
@@ -383,10 +389,10 @@ def evaluate_dense(
             waiting = ctx.judge.waiting("dense", name) if ctx.judge is not None else None
             if cfg.dense_cache and waiting is not None:  # cached once judged, with the judge's metrics
                 waiting.then.append(
-                    lambda result, path=path, values=values: write_json(path, {**values, **result.metrics})
+                    lambda result, path=path, values=values: cache_write(path, {**values, **result.metrics})
                 )
             elif cfg.dense_cache:
-                write_json(path, values)
+                cache_write(path, values)
             dense.update(values)
     dense.update(derived_metrics(dense))
     record.update("dense_metrics", dense)
@@ -419,6 +425,12 @@ def judge(
         record.update("metrics_before_recovery", before)
 
 
+def cache_write(path: Path, values: dict[str, Any]) -> None:
+    """Write a dense-metric cache file; an unwritable cache (read-only, full) is a recorded warning."""
+    with side_artifact(f"dense-metric cache {path}", log):
+        write_json(path, values)
+
+
 def read_dense_cache(path: Path) -> dict[str, float] | None:
     """Cached dense metrics, or None when absent; a corrupt file is named and recomputed."""
     if not path.is_file():
@@ -446,10 +458,11 @@ def finish(
     tracker: Tracker,
     run_dir: Path,
 ) -> None:
-    """Write the plan (and its picture), the metrics, the model if asked, and tell the tracker."""
-    plan.save(run_dir / "pruning_plan.json")
-    plot_plan(plan, run_dir / "pruning_plan.png", title=f"{cfg.model.name} {cfg.scorer.name}")
+    """Write the metrics, the plan (and its picture, a side artifact), the model if asked, and tell the tracker."""
     record.update("metrics", metrics)
+    plan.save(run_dir / "pruning_plan.json")
+    with side_artifact(f"plan picture {run_dir / 'pruning_plan.png'}", log):
+        plot_plan(plan, run_dir / "pruning_plan.png", title=f"{cfg.model.name} {cfg.scorer.name}")
     if cfg.save_model:
         log.info("saving the pruned model to %s", run_dir / "model")
         save_pruned(loaded.model, loaded.tokenizer, plan, run_dir / "model")

@@ -215,3 +215,20 @@ def test_load_pruned_never_trusts_remote_code(saved: Path, tmp_path, monkeypatch
     monkeypatch.setattr(loading.AutoConfig, "from_pretrained", classmethod(spy))
     load_pruned(shutil.copytree(saved, tmp_path / "m"))
     assert seen and all(value is False for value in seen)
+
+
+def test_a_flipped_byte_in_a_weight_file_is_named_by_its_digest(saved: Path, tmp_path) -> None:
+    """Saved models carried no checksum: a bit flip (or a same-shape swap) in the weights loaded silently."""
+    plan = json.loads((saved / "pruning_plan.json").read_text())
+    digests = plan["metadata"]["weights_sha256"]
+    assert sorted(digests) == ["model.safetensors"] and len(digests["model.safetensors"]) == 64
+    folder = shutil.copytree(saved, tmp_path / "m")
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # a tensor value, not the header: names, shapes and dtypes all still agree
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as info:
+        load_pruned(folder)
+    message = str(info.value)
+    assert message.startswith(f"{weights}: sha256 ") and "recorded in pruning_plan.json" in message
+    assert "\n" not in message

@@ -222,3 +222,63 @@ def test_rows_that_prune_different_units_say_so_and_count_the_heads_removed(tmp_
             assert run.metrics["removed/q_heads"] == pruning["removed_q_heads"] > 0
         else:
             assert "removed/q_heads" not in run.metrics and pruning["removed_q_heads"] == 0
+
+
+def seed_stats(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def test_runs_differing_only_in_seeds_share_a_cell_as_mean_sd_and_n(tmp_path, monkeypatch, capsys) -> None:
+    """A sweep seed=0,1 model.seed=0,1 once became one row showing the last run: now the cell holds the mean,
+    the sample sd and n of the four runs, the dense row those of the two dense models, the plot the same."""
+    base = [a for a in sweep_args(tmp_path / "seeds") if not a.startswith(("scorer=", "pruning.sparsity="))]
+    multirun([*base, "scorer=random", "pruning.sparsity=0.3", "seed=0,1", "model.seed=0,1"], monkeypatch, capsys)
+    results = results_of(tmp_path / "seeds")
+    assert len(results) == 4 and len({r["metrics"][METRIC] for r in results}) > 1
+    assert report_main([str(tmp_path / "seeds")]) == 0
+    rows = list(csv.reader((tmp_path / "seeds" / "report" / "table.csv").read_text().splitlines()))
+    assert [row[1] for row in rows[1:]] == ["dense", "random"]
+    column = rows[0].index(f"s=0.3 {METRIC}")
+    mean, sd = seed_stats([r["metrics"][METRIC] for r in results])
+    assert rows[2][column] == f"{shown(METRIC, mean)} ± {shown(METRIC, sd)} (n=4)"
+    dense_by_weights = {r["config"]["model"]["seed"]: r["dense_metrics"][METRIC] for r in results}
+    assert len(set(dense_by_weights.values())) == 2
+    dense_mean, dense_sd = seed_stats(list(dense_by_weights.values()))
+    assert rows[1][column] == f"{shown(METRIC, dense_mean)} ± {shown(METRIC, dense_sd)} (n=2)"
+    by_metric = (tmp_path / "seeds" / "report" / "by_metric.md").read_text()
+    assert f"| tiny-llama | random | {shown(METRIC, mean)} ± {shown(METRIC, sd)} (n=4) |" in by_metric
+    (png,) = list((tmp_path / "seeds" / "report").glob("*ppl_pydoc*.png"))
+    series = read_series(png)
+    measured = sum(r["pruning"]["measured_sparsity"] for r in results) / 4
+    assert series["series"]["random"] == [[pytest.approx(measured), pytest.approx(mean)]]
+    assert series["sd"]["random"] == [[pytest.approx(measured), pytest.approx(sd), 4]]
+    assert series["dense"] == pytest.approx(dense_mean)
+
+
+def test_runs_differing_in_a_hidden_field_get_rows_of_their_own(sweep: Path, tmp_path) -> None:
+    """Two runs that differ only in data.root (a field the labels never show) once shared a cell, the last
+    one read winning: each now has a row labelled by the field, and so has each dense reference."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("report"))
+    original = next(p for p in sorted(copy.rglob("results.json")) if "scorer=random" in str(p))
+    twin = copy / "twin" / "results.json"
+    shutil.copytree(original.parent, twin.parent)
+    data = json.loads(twin.read_text())
+    data["config"]["data"]["root"] = "/elsewhere"
+    data["metrics"][METRIC] += 1.0
+    data["dense_metrics"][METRIC] += 2.0
+    twin.write_text(json.dumps(data))
+    collection = collect(copy)
+    labels = {r.path: r.label for r in collection.runs}
+    assert labels[twin] == "random (data.root=/elsewhere)" and labels[original] == "random (data.root=None)"
+    assert report_main([str(copy)]) == 0
+    rows = list(csv.reader((copy / "report" / "table.csv").read_text().splitlines()))
+    column = rows[0].index(f"s={data['pruning']['target_sparsity']:g} {METRIC}")
+    body = {row[1]: row for row in rows[1:]}
+    assert body["random (data.root=/elsewhere)"][column] == shown(METRIC, data["metrics"][METRIC])
+    first = json.loads(original.read_text())
+    assert body["random (data.root=None)"][column] == shown(METRIC, first["metrics"][METRIC])
+    assert body["dense (data.root=/elsewhere)"][column] == shown(METRIC, data["dense_metrics"][METRIC])
+    assert body["dense (data.root=None)"][column] == shown(METRIC, first["dense_metrics"][METRIC])
+    assert "±" not in (copy / "report" / "table.md").read_text()

@@ -19,7 +19,7 @@ import torch
 from rkuprune.data import sources
 from rkuprune.data.sources import DataConfig
 from rkuprune.data.synthetic import word_problems
-from rkuprune.errors import ConfigError
+from rkuprune.errors import ConfigError, check_context
 from rkuprune.registry import Registry
 
 
@@ -110,6 +110,10 @@ class CalibrationSource:
             )
         if self.cfg.batch_size < 1:
             raise ConfigError("calibration.batch_size", "must be at least 1")
+
+    def check_model(self, context: int | None) -> None:
+        """Fail when rows of ``seqlen`` tokens cannot fit the model's context (before loading, where known)."""
+        check_context("calibration.seqlen", self.cfg.seqlen, context)
 
     def build(self, tokenizer: Any, data: DataConfig, *, model: Any = None, plan: Any = None) -> CalibrationSet:
         raise NotImplementedError

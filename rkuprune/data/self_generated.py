@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -29,7 +30,9 @@ from rkuprune.data.sources import DataConfig
 from rkuprune.data.synthetic import word_problems
 from rkuprune.errors import ConfigError, check_choice
 from rkuprune.tracking.atomic import write_json
+from rkuprune.tracking.side import side_artifact
 
+log = logging.getLogger(__name__)
 QUESTION_SOURCES = ("gsm8k", "synthetic")
 
 
@@ -167,5 +170,6 @@ class SelfGenerated(CalibrationSource):
         )
         answers = [list(c.ids) for c in completions]
         if self.cfg.cache:
-            write_json(path, {"answers": answers, "generated_tokens": stats.new_tokens})
+            with side_artifact(f"trace cache {path}", log):
+                write_json(path, {"answers": answers, "generated_tokens": stats.new_tokens})
         return answers, stats.new_tokens

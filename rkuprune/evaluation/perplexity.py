@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rkuprune.data import sources
-from rkuprune.errors import ConfigError, check_choice
+from rkuprune.errors import ConfigError, check_choice, check_context
 from rkuprune.evaluation.base import TASKS, EvalContext, Task, TaskConfig
 from rkuprune.precision import at_least_fp32
 from rkuprune.tracking.progress import progress
@@ -117,11 +117,7 @@ class Perplexity(Task):
         return f"ppl/{self.cfg.dataset}@{self.cfg.seqlen}"
 
     def evaluate(self, model: nn.Module, tokenizer: Any, ctx: EvalContext) -> dict[str, float]:
-        context = getattr(model.config, "max_position_embeddings", None)
-        if context is not None and self.cfg.seqlen > context:
-            raise ConfigError(
-                f"{self.field}.seqlen", f"{self.cfg.seqlen} exceeds the model's context of {context} tokens"
-            )
+        check_context(f"{self.field}.seqlen", self.cfg.seqlen, getattr(model.config, "max_position_embeddings", None))
         ids = token_stream(tokenizer, evaluation_text(self.cfg.dataset, self.data), self.cfg.bos)
         if ids.numel() < self.cfg.seqlen:
             raise ConfigError(f"{self.field}.seqlen", f"{self.cfg.seqlen} exceeds the text length")

@@ -10,6 +10,8 @@ every layer has the same sizes the top-level config fields describe them, so
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 import tempfile
@@ -28,10 +30,11 @@ from rkuprune.models.adapters import ROLES, adapter_for
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.structures import LayerStructure, Structures
 from rkuprune.models.surgery import SIZES_KEY
-from rkuprune.tracking.atomic import umask_mode
+from rkuprune.tracking.atomic import follow_umask
 from rkuprune.versions import versions
 
 PLAN_FILE = "pruning_plan.json"
+DIGESTS_KEY = "weights_sha256"  # in the plan's metadata: file name -> sha256 of each tensor file save_pruned wrote
 LAYER_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
 BIAS_NAMES = set(ROLES)
 
@@ -45,16 +48,22 @@ def save_pruned(model: PreTrainedModel, tokenizer: Any, plan: PruningPlan, path:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new."))
     try:
-        staging.chmod(umask_mode(0o777))
         _save_without_custom_code(model, staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         plan.metadata.setdefault("versions", versions())
-        plan.save(staging / PLAN_FILE)
+        digests = {file.name: sha256_of(file) for file in sorted(staging.glob("*.safetensors"))}
+        dataclasses.replace(plan, metadata={**plan.metadata, DIGESTS_KEY: digests}).save(staging / PLAN_FILE)
+        follow_umask(staging)
         _swap_in(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def sha256_of(file: Path) -> str:
+    with file.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _save_without_custom_code(model: PreTrainedModel, folder: Path) -> None:
@@ -121,7 +130,8 @@ def load_pruned(
 
     Everything is checked before any weight is used: config.json's per-layer sizes, pruning_plan.json
     (types, ranges, and agreement with the sizes), the weight files and every tensor's name, shape
-    and dtype. A folder that asks for custom code (``auto_map``) is refused; no folder code ever runs.
+    and dtype, then each weight file's sha256 against the plan's record. A folder that asks for custom
+    code (``auto_map``) is refused; no folder code ever runs.
     """
     path = Path(path)
     raw = checked_config(path)
@@ -135,6 +145,7 @@ def load_pruned(
         _check_plan_ranges(path, plan, model)
     state = _read_weights(path)
     _check_tensors(path, state, model.state_dict(), raw, bool(config.tie_word_embeddings))
+    _check_digests(path, plan, _weight_files(path))  # last: what is left once names, shapes and dtypes agree
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.tie_weights()
@@ -260,6 +271,26 @@ def _weight_files(path: Path) -> list[Path]:
     if stray:
         raise CheckpointError(f"{stray[0]}: not part of the saved checkpoint; remove it (it would override weights)")
     return files
+
+
+def _check_digests(path: Path, plan: PruningPlan, files: list[Path]) -> None:
+    """Each tensor file has the sha256 pruning_plan.json recorded at save time (a bit flip, or a same-shape
+    swap, would otherwise load silently). Folders saved before digests were recorded are not checked."""
+    digests = plan.metadata.get(DIGESTS_KEY)
+    if digests is None:
+        return
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise CheckpointError(f"{path / PLAN_FILE}: metadata.{DIGESTS_KEY} must map file names to sha256 digests")
+    for file in files:
+        expected = digests.get(file.name)
+        if expected is None:
+            raise CheckpointError(f"{file}: no sha256 recorded in {PLAN_FILE}; it was not written by save_pruned")
+        actual = sha256_of(file)
+        if actual != expected:
+            raise CheckpointError(
+                f"{file}: sha256 {actual[:16]}... differs from the {expected[:16]}... recorded in {PLAN_FILE}; "
+                "the file changed after save_pruned (corrupted or replaced): copy or save the model again"
+            )
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from transformers.initialization import no_init_weights
 from rkuprune.errors import CheckpointError, ConfigError, check_choice
 from rkuprune.models.io import refuse_custom_code
 from rkuprune.models.tokenizer import byte_tokenizer
+from rkuprune.tracking.atomic import follow_umask
+from rkuprune.tracking.side import side_warning
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -135,7 +138,9 @@ def _gguf_path(cfg: ModelConfig) -> Path | None:
 
 
 def converted_gguf_folder(cfg: ModelConfig) -> Path:
-    """Convert the GGUF once into a plain safetensors folder in the cache and return it."""
+    """Convert the GGUF once into a plain safetensors folder in the cache and return it. An unwritable
+    cache (read-only, full) is a recorded warning: the conversion goes to a temporary folder instead,
+    which ``load_model`` removes once the model is loaded."""
     gguf = _gguf_path(cfg)
     assert gguf is not None
     target = cache_dir() / "gguf" / gguf.stem
@@ -155,13 +160,30 @@ def converted_gguf_folder(cfg: ModelConfig) -> Path:
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        follow_umask(staging)  # a shared cache: the weights readable like the rest
         staging.replace(target)
-    except OSError:  # another process finished the same conversion first
+    except OSError as exc:  # another process finished the same conversion first, or the cache is unwritable
         if not (target / "config.json").is_file():
-            raise
+            return _convert_outside_cache(model, tokenizer, target, exc)
     finally:  # an interrupted or lost conversion leaves no half-written folder behind
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _convert_outside_cache(model: PreTrainedModel, tokenizer: Any, target: Path, exc: OSError) -> Path:
+    """The converted GGUF in a temporary folder, for a cache that cannot hold it (warned and recorded)."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"rkuprune-gguf-{target.name}-"))
+    side_warning(
+        f"GGUF cache {target}: not written ({type(exc).__name__}: {exc}); converted into {scratch} for this "
+        "run only (make RKUPRUNE_CACHE writable to keep the conversion)"
+    )
+    try:
+        model.save_pretrained(scratch, safe_serialization=True)
+        tokenizer.save_pretrained(scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return scratch
 
 
 def peek_model(cfg: ModelConfig) -> tuple[int | None, Any] | None:
@@ -188,17 +210,21 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         model, tokenizer = _random_model(cfg, dtype), byte_tokenizer()
         revision = None
     else:
-        path = str(converted_gguf_folder(cfg)) if cfg.source == "gguf_package" else str(cfg.path)
-        revision = cfg.revision
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            revision=revision,
-            dtype=dtype,
-            device_map=_device_map(cfg),
-            attn_implementation=cfg.attn_implementation,
-            trust_remote_code=False,
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=False)
+        folder = converted_gguf_folder(cfg) if cfg.source == "gguf_package" else Path(str(cfg.path))
+        path, revision = str(folder), cfg.revision
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                revision=revision,
+                dtype=dtype,
+                device_map=_device_map(cfg),
+                attn_implementation=cfg.attn_implementation,
+                trust_remote_code=False,
+            )
+            tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=False)
+        finally:
+            if cfg.source == "gguf_package" and not folder.is_relative_to(cache_dir()):  # converted outside the cache
+                shutil.rmtree(folder, ignore_errors=True)
     if cfg.device_map is None:
         model = model.to(cfg.device)
     _refuse_offload(model)

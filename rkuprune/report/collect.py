@@ -13,8 +13,25 @@ from rkuprune.evaluation.speed import report_columns
 from rkuprune.tracking.records import RESULTS_FILE, read_results
 
 # Config paths that never tell two runs apart in a table (they are bookkeeping, or the column).
-IGNORED_KEYS = {"sweep_name", "tags", "save_model", "dense_cache", "seed", "pruning.sparsity"}
-IGNORED_PREFIXES = ("logger.", "data.", "benchmark.", "model.")
+IGNORED_KEYS = {"sweep_name", "tags", "save_model", "dense_cache", "pruning.sparsity"}
+IGNORED_PREFIXES = ("logger.",)
+# Fields the dense reference depends on too: labelled by their full path, and they split the dense row.
+HIDDEN_PREFIXES = ("data.", "benchmark.", "model.")
+
+
+def is_seed(key: str) -> bool:
+    """``seed``, ``model.seed``, ``calibration.seed``, ...: runs differing only in seeds are replicates of
+    one cell (mean ± sd, n), never rows of their own."""
+    return key.rsplit(".", 1)[-1] == "seed"
+
+
+def labelled(key: str) -> bool:
+    """Whether a difference in ``key`` gives runs rows of their own."""
+    return key not in IGNORED_KEYS and not key.startswith(IGNORED_PREFIXES) and not is_seed(key)
+
+
+def is_hidden(key: str) -> bool:
+    return key.startswith(HIDDEN_PREFIXES)
 
 
 @dataclass
@@ -29,6 +46,8 @@ class Run:
     metrics: dict[str, float]
     dense: dict[str, float]
     config: dict[str, Any]
+    dense_variant: str = ""  # the hidden fields that tell this run's dense reference from others' (data.root=...)
+    dense_identity: str = ""  # the hidden fields, seeds included: equal with equal dense metrics = one measurement
 
     @property
     def label(self) -> str:
@@ -74,13 +93,14 @@ def _differs(key: str, runs: list[dict[str, Any]]) -> bool:
     return len({json.dumps(f.get(key), default=str) for f in runs}) > 1
 
 
-def variant_label(flat: dict[str, Any], peers: list[dict[str, Any]]) -> str:
-    """What else differs between runs of one model and method (e.g. the calibration), as a short label.
+def variant_label(flat: dict[str, Any], peers: list[dict[str, Any]], hidden: bool = False) -> str:
+    """What else differs between runs of one model and method (e.g. the calibration), as a short label;
+    with ``hidden``, the fields of ``model``, ``data`` and ``benchmark`` that differ, by their full path.
 
     A config group whose ``name`` differs is shown as ``group=name`` alone: the fields of ``recovery=lora``
     differ from ``recovery=none`` only because the group changed. Its other fields are shown when they
     differ between peers of the same group choice (``steps=80`` against ``steps=200``)."""
-    keys = [k for k in flat if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES) and _differs(k, peers)]
+    keys = [k for k in flat if labelled(k) and is_hidden(k) == hidden and _differs(k, peers)]
     switched = {k.rsplit(".", 1)[0] for k in keys if k.count(".") == 1 and k.endswith(".name")}
     parts = []
     for key in sorted(keys):
@@ -91,7 +111,7 @@ def variant_label(flat: dict[str, Any], peers: list[dict[str, Any]]) -> str:
             elif _differs(key, [f for f in peers if f.get(f"{group}.name") == flat[f"{group}.name"]]):
                 parts.append(f"{key.split('.', 1)[-1]}={flat[key]}")
         else:
-            parts.append(f"{key.split('.', 1)[-1]}={flat[key]}")
+            parts.append(f"{key if hidden else key.split('.', 1)[-1]}={flat[key]}")
     return ", ".join(parts)
 
 
@@ -118,11 +138,16 @@ def collect(folder: Path) -> Collection:
     for path, results in raw:
         model, scorer = results["model"]["name"], results["pruning"]["scorer"]
         peers = [flats[p] for p, r in raw if r["model"]["name"] == model and methods[p] == methods[path]]
+        model_peers = [flats[p] for p, r in raw if r["model"]["name"] == model]
         variant = variant_label(flats[path], peers)
         if "granularity=" not in variant and _differs(
-            "pruning.granularity", [flats[p] for p, r in raw if r["model"]["name"] == model]
+            "pruning.granularity", model_peers
         ):  # rows that prune different units say which (RKU on channels beside GISP on heads and channels)
             variant = ", ".join(filter(None, [f"granularity={flats[path]['pruning.granularity']}", variant]))
+        # a field the labels never showed (data.root, a model or benchmark setting) once let runs share a cell
+        dense_variant = variant_label(flats[path], model_peers, hidden=True)
+        variant = ", ".join(filter(None, [variant, dense_variant]))
+        identity = {k: v for k, v in flats[path].items() if is_hidden(k) and not k.startswith(IGNORED_PREFIXES)}
         found.runs.append(
             Run(
                 path=path,
@@ -140,6 +165,8 @@ def collect(folder: Path) -> Collection:
                 },
                 dense={k: float(v) for k, v in results.get("dense_metrics", {}).items()},
                 config=results["config"],
+                dense_variant=dense_variant,
+                dense_identity=json.dumps(identity, sort_keys=True, default=str),
             )
         )
     return found

@@ -1,12 +1,16 @@
 """Sweep tables: rows = model and scorer (variant), columns = target sparsity x metric, a dense row per
-model, and each published value in one cell of the runs of its model, method and sparsity (``cell_for``):
-unmarked beside the key measured as the source measured it, otherwise beside the nearest one with a
-footnote saying how the source measured it and how we did."""
+model (per setting of the model, data and benchmark fields, when they differ), and each published value
+in one cell of the runs of its model, method and sparsity (``cell_for``): unmarked beside the key
+measured as the source measured it, otherwise beside the nearest one with a footnote saying how the
+source measured it and how we did. Runs differing only in seeds share a cell: ``mean ± sd (n=k)``, the
+sample standard deviation; the dense cell counts each distinct dense measurement once."""
 
 from __future__ import annotations
 
 import csv
 import io
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from rkuprune.report.collect import Collection, Run
@@ -26,6 +30,40 @@ def shown(metric: str, value: float | None) -> str:
     if metric.startswith("removed/"):
         return f"{value:.0f}"
     return f"{100 * value:.2f}" if is_accuracy(metric) else f"{value:.2f}"
+
+
+def mean_sd(values: list[float]) -> tuple[float, float | None, int]:
+    """Mean, sample standard deviation (None for one value) and count of replicates."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None, n
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)), n
+
+
+def shown_stat(metric: str, values: list[float]) -> str:
+    """One value as ``shown``; replicates as ``mean ± sd (n=k)``."""
+    if not values:
+        return ""
+    mean, sd, n = mean_sd(values)
+    return shown(metric, mean) if sd is None else f"{shown(metric, mean)} ± {shown(metric, sd)} (n={n})"
+
+
+def dense_values(runs: Iterable[Run], metric: str) -> list[float]:
+    """The distinct dense measurements of ``metric`` behind ``runs``: runs whose model, data and benchmark
+    fields (``model.seed`` included) and value agree measured the same thing (the dense cache, or a
+    calibration seed the evaluation does not use) and count once."""
+    unique: dict[tuple[str, str], float] = {}
+    for run in runs:
+        if metric in run.dense:
+            unique.setdefault((run.dense_identity, repr(run.dense[metric])), run.dense[metric])
+    return list(unique.values())
+
+
+def dense_rows(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs behind each dense row (``dense``, or ``dense (data.root=...)`` where such fields differ)."""
+    variants = sorted({r.dense_variant for r in runs})
+    return {f"dense ({v})" if v else "dense": [r for r in runs if r.dense_variant == v] for v in variants}
 
 
 @dataclass
@@ -50,13 +88,16 @@ def build_table(collection: Collection, metrics: list[str] | None = None) -> Tab
     notes: list[str] = []
     for model in collection.models:
         runs = [r for r in collection.runs if r.model == model]
-        dense = {k: v for r in runs for k, v in r.dense.items()}
-        rows.append((model, "dense", {(s, m): shown(m, dense.get(m)) for s in sparsities for m in metrics}))
+        for label, group in dense_rows(runs).items():
+            values = {m: dense_values(group, m) for m in metrics}
+            rows.append((model, label, {(s, m): shown_stat(m, values[m]) for s in sparsities for m in metrics}))
         for label in sorted({r.label for r in runs}):
             cells: dict[tuple[float, str], str] = {}
-            for run in (r for r in runs if r.label == label):
+            for target in sorted({r.target for r in runs if r.label == label}):
+                replicates = [r for r in runs if r.label == label and r.target == target]
+                run = replicates[0]
                 for metric in metrics:
-                    text = shown(metric, run.metrics.get(metric))
+                    text = shown_stat(metric, [r.metrics[metric] for r in replicates if metric in r.metrics])
                     paper, same_scoring = paper_beside(run, metric)
                     if paper is not None:
                         mark = ""
@@ -112,6 +153,7 @@ def to_markdown(table: Table) -> str:
 def _tex_escape(text: str) -> str:
     for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
         text = text.replace(char, escaped)
+    text = text.replace("±", r"$\pm$")
     return text
 
 

@@ -19,6 +19,16 @@ def umask_mode(base: int) -> int:
     return base & ~mask
 
 
+def follow_umask(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes the umask allows: files written by other libraries'
+    own writes come out owner-only otherwise (safetensors 0.8's ``save_file`` writes 0600 whatever the
+    umask), and collaborators cannot load a shared model."""
+    folder.chmod(umask_mode(0o777))
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(umask_mode(0o777 if path.is_dir() else 0o666))
+
+
 def write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

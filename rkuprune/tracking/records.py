@@ -2,7 +2,7 @@
 failure ("failed", with the error), so a run directory always says what happened.
 
 Metrics that are NaN or infinite are written as ``null`` (strict JSON) and named with their value in
-``nonfinite_metrics``. ``read_results`` is the one reader (sweep skip logic and reports alike): it
+``nonfinite_metrics``; side artifacts that failed are named in ``warnings``. ``read_results`` is the one reader (sweep skip logic and reports alike): it
 names what is wrong with a file instead of letting a malformed one crash or count as finished.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rkuprune.tracking.atomic import write_json
+from rkuprune.tracking.side import take_warnings
 from rkuprune.versions import versions
 
 RESULTS_FILE = "results.json"
@@ -27,6 +28,7 @@ METRIC_SECTIONS = ("metrics", "dense_metrics")
 class RunRecord:
     def __init__(self, run_dir: Path, config: dict[str, Any], config_hash: str) -> None:
         self.path = run_dir / RESULTS_FILE
+        take_warnings()  # an earlier run's (a sweep's jobs share the process)
         self.data: dict[str, Any] = {
             "status": "running",
             "config_hash": config_hash,
@@ -38,13 +40,22 @@ class RunRecord:
             "nonfinite_metrics": {},
             "efficiency": {},
             "evaluation": {},
+            "warnings": [],  # side artifacts that failed (tracking.side): the run went on without them
             "versions": versions(),
             "config": config,
         }
         self.write()
 
     def write(self) -> None:
+        self.data.setdefault("warnings", []).extend(take_warnings())
         write_json(self.path, self.data)
+
+    def write_warnings(self) -> None:
+        """Write again if side artifacts failed since the last write (W&B's finish comes last)."""
+        pending = take_warnings()
+        if pending:
+            self.data.setdefault("warnings", []).extend(pending)
+            write_json(self.path, self.data)
 
     def update(self, section: str, values: dict[str, Any]) -> None:
         self.data[section].update(values)

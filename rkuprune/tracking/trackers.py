@@ -10,6 +10,7 @@ from typing import Any
 
 from rkuprune.errors import check_choice
 from rkuprune.registry import Registry
+from rkuprune.tracking.side import side_warning
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ TRACKERS.register("none", LoggerConfig)(Tracker)
 
 
 def _warn(what: str, exc: BaseException) -> None:
-    log.warning("W&B %s failed (%s: %s); the run continues without it", what, type(exc).__name__, exc)
+    side_warning(f"W&B {what} failed ({type(exc).__name__}: {exc}); the run continues without it", log)
 
 
 @TRACKERS.register("wandb", LoggerConfig)
