@@ -117,3 +117,20 @@ def _deterministic() -> None:
 def cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Keep the project's cache (converted GGUF, dense metrics) where the user's is, but allow overriding."""
     return Path(os.environ.get("RKUPRUNE_CACHE", Path.home() / ".cache" / "rkuprune"))
+
+
+def stub_gguf_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokenizer: object | None = None) -> Path:
+    """The default model's GGUF source, stubbed: an empty file "converted" by transformers into a tiny
+    Llama (and ``tokenizer``, the byte tokenizer by default), so the conversion's file handling is tested
+    without the package."""
+    from rkuprune.models import loading
+    from rkuprune.models.tokenizer import byte_tokenizer
+
+    gguf = tmp_path / "pkg" / "model.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"")
+    monkeypatch.setattr(loading, "_gguf_path", lambda cfg: gguf)
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: tiny("tiny-llama").model)
+    made = byte_tokenizer() if tokenizer is None else tokenizer
+    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", lambda *a, **k: made)
+    return gguf

@@ -23,7 +23,7 @@ from rkuprune.models.loading import ModelConfig, check_model_config
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import apply_plan
 from rkuprune.models.tokenizer import byte_tokenizer
-from tests.conftest import random_plan, tiny
+from tests.conftest import random_plan, stub_gguf_package, tiny
 
 
 @pytest.fixture(scope="module")
@@ -188,17 +188,12 @@ def test_an_interrupted_save_keeps_the_old_folder(saved: Path, tmp_path, monkeyp
 
 def test_an_interrupted_gguf_conversion_leaves_no_staging_folder(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("RKUPRUNE_CACHE", str(tmp_path / "cache"))
-    gguf = tmp_path / "pkg" / "model.gguf"
-    gguf.parent.mkdir()
-    gguf.write_bytes(b"")
-    monkeypatch.setattr(loading, "_gguf_path", lambda cfg: gguf)
-    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: tiny("tiny-llama").model)
 
     class InterruptedTokenizer:
         def save_pretrained(self, folder: Path) -> None:
             raise KeyboardInterrupt  # after the weights are written: the costly half-folder
 
-    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", lambda *a, **k: InterruptedTokenizer())
+    stub_gguf_package(tmp_path, monkeypatch, InterruptedTokenizer())
     with pytest.raises(KeyboardInterrupt):
         loading.converted_gguf_folder(ModelConfig())
     assert list((tmp_path / "cache" / "gguf").iterdir()) == []

@@ -23,7 +23,7 @@ from rkuprune.models.surgery import apply_plan
 from rkuprune.models.tokenizer import byte_tokenizer
 from rkuprune.tracking import atomic
 from rkuprune.tracking.side import take_warnings
-from tests.conftest import tiny
+from tests.conftest import stub_gguf_package, tiny
 from tests.test_app import run_cli
 
 RUN = [
@@ -103,12 +103,7 @@ def modes(folder: Path) -> dict[str, int]:
 def test_saved_and_converted_weights_follow_the_umask(tmp_path, monkeypatch) -> None:
     """model/model.safetensors (and the converted GGUF cache's copy) were 0600 under umask 022."""
     monkeypatch.setenv("RKUPRUNE_CACHE", str(tmp_path / "cache"))
-    gguf = tmp_path / "pkg" / "model.gguf"
-    gguf.parent.mkdir()
-    gguf.write_bytes(b"")
-    monkeypatch.setattr(loading, "_gguf_path", lambda cfg: gguf)
-    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: tiny("tiny-llama").model)
-    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", lambda *a, **k: byte_tokenizer())
+    stub_gguf_package(tmp_path, monkeypatch)
     previous = os.umask(0o022)
     try:
         loaded = tiny("tiny-llama")
@@ -135,12 +130,7 @@ def test_a_gguf_conversion_with_a_read_only_cache_loads_from_a_temporary_folder(
         (tmp_path / "a_file").write_text("")
         cache = tmp_path / "a_file" / "cache"
     monkeypatch.setenv("RKUPRUNE_CACHE", str(cache))
-    gguf = tmp_path / "pkg" / "model.gguf"
-    gguf.parent.mkdir()
-    gguf.write_bytes(b"")
-    monkeypatch.setattr(loading, "_gguf_path", lambda cfg: gguf)
-    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: tiny("tiny-llama").model)
-    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", lambda *a, **k: byte_tokenizer())
+    stub_gguf_package(tmp_path, monkeypatch)
     take_warnings()
     try:
         loaded = loading.load_model(ModelConfig(device="cpu"))
