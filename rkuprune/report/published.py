@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rkuprune.evaluation.lm_eval_generative import GENERATIVE  # lm-eval task -> (folder, dataset)
+
 
 @dataclass(frozen=True)
 class Published:
@@ -71,8 +73,6 @@ PUBLISHED: tuple[Published, ...] = (
         for method, value in (("wanda_sp", 81.67), ("gisp", 46.10))
     ),
 )
-# lm-eval task -> the dataset its accuracy measures (keys acc/<task>@lm_eval/<filter>)
-LM_EVAL_DATASETS = {"gsm8k": "gsm8k", "gsm8k_cot": "gsm8k", "gsm8k_cot_zeroshot": "gsm8k"}
 
 
 def published_for(model: str, method: str, sparsity: float, granularity: str | None = None) -> list[Published]:
@@ -90,7 +90,7 @@ def cell_for(paper: Published, metrics: dict[str, float]) -> str | None:
     """Which of a run's metric keys shows ``paper``: the key measured the same way; else, for a judged
     value, our judge column; else lm-eval's own task (strict-match), else the project's own protocol."""
     dataset = paper.quantity.removeprefix("acc/")
-    lm_eval = [f"acc/{task}@lm_eval/strict-match" for task, d in LM_EVAL_DATASETS.items() if d == dataset]
+    lm_eval = [f"acc/{task}@lm_eval/strict-match" for task, (_, d) in GENERATIVE.items() if d == dataset]
     own = f"{paper.quantity}@rkuprune"
     candidates = [paper.same_as, *([f"{own}/judge"] if paper.judged else []), *lm_eval, own]
     return next((key for key in candidates if key is not None and key in metrics), None)
