@@ -8,7 +8,6 @@ dense, before-recovery and pruned evaluations (rkuprune/evaluation/judge.py).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from rkuprune.report.plan_picture import plot_plan
 from rkuprune.scoring.base import SCORERS, Scorer, check_buffer_memory
 from rkuprune.tracking.atomic import write_json
 from rkuprune.tracking.records import RESULTS_FILE, RunRecord, read_results
-from rkuprune.tracking.side import side_artifact
+from rkuprune.tracking.side import read_cache, side_artifact
 from rkuprune.tracking.trackers import TRACKERS, Tracker
 
 log = logging.getLogger(__name__)
@@ -249,10 +248,9 @@ def select_units(
         return source.build(loaded.tokenizer, cfg.data, model=model, plan=plan)
 
     path = trajectory_path(cfg, weights_fingerprint(loaded.model))
-    cached = path is not None and path.is_file()
-    if cached:  # the same trajectory for another target of a sweep: no re-scoring, the model stays dense
-        trajectory = Trajectory.load(path)
-    else:
+    trajectory = read_cache(path, "trajectory cache", Trajectory.from_dict, log) if path is not None else None
+    cached = trajectory is not None  # the same trajectory for another target of a sweep: no re-scoring
+    if trajectory is None:
         trajectory = run_iterative(
             loaded.model,
             stages.scorer,
@@ -433,18 +431,16 @@ def cache_write(path: Path, values: dict[str, Any]) -> None:
 
 def read_dense_cache(path: Path) -> dict[str, float] | None:
     """Cached dense metrics, or None when absent; a corrupt file is named and recomputed."""
-    if not path.is_file():
-        return None
-    try:
-        values = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError) as exc:
-        log.warning("dense-metric cache %s is corrupt (%s); recomputing it", path, type(exc).__name__)
-        return None
-    if not isinstance(values, dict) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()
-    ):
-        log.warning("dense-metric cache %s does not hold metrics; recomputing it", path)
-        return None
+    return read_cache(path, "dense-metric cache", dense_metrics_of, log)
+
+
+def dense_metrics_of(values: Any) -> dict[str, float]:
+    """A dense-metric cache file's content: an object of numbers."""
+    if not isinstance(values, dict) or not values:
+        raise ValueError("not an object of metrics")
+    for key, value in values.items():
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"'{key}' is {value!r}, not a number")
     return values
 
 

@@ -122,7 +122,39 @@ class Trajectory:
 
     @classmethod
     def load(cls, path: Path) -> Trajectory:
-        return cls(**json.loads(path.read_text()))
+        return cls.from_dict(json.loads(path.read_text()))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Trajectory:
+        """A trajectory from its saved form; ValueError names what is missing or of the wrong type (a
+        corrupt cache file must not get past here and fail later, or be used)."""
+        if not isinstance(data, dict) or not isinstance(data.get("base_model"), str):
+            raise ValueError("'base_model' is missing or not a string")
+        removed_at, history = data.get("removed_at"), data.get("history")
+        if not isinstance(removed_at, list) or not removed_at:
+            raise ValueError("'removed_at' is missing or not a non-empty list")
+        for i, layer in enumerate(removed_at):
+            if not isinstance(layer, dict) or not all(
+                isinstance(layer.get(kind), list) and all(_is_int(at) and at >= 0 for at in layer[kind])
+                for kind in UNIT_KINDS
+            ):
+                raise ValueError(f"'removed_at[{i}]' must map {', '.join(UNIT_KINDS)} to lists of steps")
+        if not isinstance(history, list) or not history:
+            raise ValueError("'history' is missing or not a non-empty list")
+        for i, row in enumerate(history, start=1):
+            if not isinstance(row, dict) or row.get("step") != i or not all(
+                isinstance(row.get(key), int | float) and not isinstance(row.get(key), bool)
+                for key in ("measured_sparsity", "target")
+            ):
+                raise ValueError(f"'history[{i - 1}]' must hold step {i}, its target and measured_sparsity")
+        regenerations = data.get("regenerations", [])
+        if not isinstance(regenerations, list):
+            raise ValueError("'regenerations' is not a list")
+        return cls(data["base_model"], removed_at, history, regenerations)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def trajectory_path(cfg: RunConfig, weights: str) -> Path | None:
