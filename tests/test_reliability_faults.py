@@ -42,3 +42,36 @@ def test_a_corrupt_trajectory_cache_is_named_and_recomputed(damage, tmp_path, mo
     [warning] = results["warnings"]
     assert warning.startswith(f"trajectory cache {cached} is corrupt (") and warning.endswith("recomputing it")
     assert json.loads(cached.read_text()) == good  # rewritten: the next run reads it again
+
+
+def truncate_weights(folder: Path) -> None:
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (truncate_weights, "model.safetensors is not a readable safetensors file"),
+        (lambda folder: (folder / "tokenizer.json").write_text('{"model": '), "tokenizer.json is not readable JSON"),
+    ],
+    ids=["truncated weights", "corrupt tokenizer.json"],
+)
+def test_a_corrupt_converted_gguf_cache_is_named_and_converted_again(damage, named, tmp_path, monkeypatch) -> None:
+    from rkuprune.models import loading
+    from rkuprune.tracking.side import take_warnings
+    from tests.conftest import stub_gguf_package
+
+    monkeypatch.setenv("RKUPRUNE_CACHE", str(tmp_path / "cache"))
+    stub_gguf_package(tmp_path, monkeypatch)
+    target = loading.converted_gguf_folder(loading.ModelConfig())
+    good = (target / "model.safetensors").read_bytes()
+    damage(target)
+    assert loading.folder_problem(target) is not None
+    assert loading.peek_model(loading.ModelConfig()) is None  # prepare() no longer reads the corrupt folder
+    take_warnings()
+    assert loading.converted_gguf_folder(loading.ModelConfig()) == target
+    (warning,) = take_warnings()
+    assert warning.startswith(f"GGUF cache {target}: {target}/{named}") and warning.endswith("converting the GGUF again")
+    assert loading.folder_problem(target) is None and (target / "model.safetensors").read_bytes() == good
+    assert not list(target.parent.glob("*.corrupt*"))

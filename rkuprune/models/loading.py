@@ -8,6 +8,7 @@ converted once into plain safetensors under the cache folder and loaded from the
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import dispatch_model, infer_auto_device_map
+from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.initialization import no_init_weights
@@ -145,7 +147,11 @@ def converted_gguf_folder(cfg: ModelConfig) -> Path:
     assert gguf is not None
     target = cache_dir() / "gguf" / gguf.stem
     if (target / "config.json").is_file():
-        return target
+        problem = folder_problem(target)
+        if problem is None:
+            return target
+        side_warning(f"GGUF cache {target}: {problem}; converting the GGUF again")
+        _remove_aside(target)
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
     )
@@ -168,6 +174,36 @@ def converted_gguf_folder(cfg: ModelConfig) -> Path:
     finally:  # an interrupted or lost conversion leaves no half-written folder behind
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def folder_problem(folder: Path) -> str | None:
+    """What makes a model folder unloadable, found cheaply (JSON parsed, safetensors headers checked against
+    the file sizes), or None: a truncated ``model.safetensors`` or a corrupt ``tokenizer.json`` otherwise
+    fails the load without naming the file."""
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        file = folder / name
+        if file.is_file():
+            try:
+                json.loads(file.read_bytes().decode("utf-8"))
+            except (OSError, ValueError, RecursionError) as exc:
+                return f"{file} is not readable JSON ({type(exc).__name__})"
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types, without the file name
+            return f"{file} is not a readable safetensors file ({str(exc).splitlines()[0]})"
+    return None
+
+
+def _remove_aside(folder: Path) -> None:
+    """Rename ``folder`` aside, then delete it, so a concurrent reader never sees it half deleted."""
+    aside = folder.with_name(f"{folder.name}.corrupt{os.getpid()}")
+    try:
+        folder.rename(aside)
+    except OSError:  # another process moved it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _convert_outside_cache(model: PreTrainedModel, tokenizer: Any, target: Path, exc: OSError) -> Path:
@@ -193,6 +229,8 @@ def peek_model(cfg: ModelConfig) -> tuple[int | None, Any] | None:
         return cfg.arch.get("max_position_embeddings"), byte_tokenizer()
     if cfg.source == "gguf_package":
         folder = cache_dir() / "gguf" / Path(str(cfg.gguf_file)).stem
+        if folder_problem(folder) is not None:  # converted again (and named) when the model loads
+            return None
     else:
         folder = Path(str(cfg.path))
     if not (folder / "config.json").is_file():
