@@ -75,3 +75,79 @@ def test_a_corrupt_converted_gguf_cache_is_named_and_converted_again(damage, nam
     assert warning.startswith(f"GGUF cache {target}: {target}/{named}") and warning.endswith("converting the GGUF again")
     assert loading.folder_problem(target) is None and (target / "model.safetensors").read_bytes() == good
     assert not list(target.parent.glob("*.corrupt*"))
+
+
+# -- model.path folders ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama as save_pretrained writes it (what model.path points at), with a byte tokenizer."""
+    from rkuprune.models.tokenizer import byte_tokenizer
+    from tests.conftest import tiny
+
+    folder = tmp_path_factory.mktemp("plain") / "model"
+    tiny("tiny-llama").model.save_pretrained(folder, safe_serialization=True)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def edit_config(change) -> object:
+    def apply(folder: Path) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        change(config)
+        (folder / "config.json").write_text(json.dumps(config))
+
+    return apply
+
+
+def empty(folder: Path) -> None:
+    for file in folder.iterdir():
+        file.unlink()
+
+
+def pickle_only(folder: Path) -> None:
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+
+
+def saved_by_save_pruned(folder: Path) -> None:
+    edit_config(lambda c: c.update(rkuprune_layers=[]))(folder)
+    (folder / "pruning_plan.json").write_text("{}")
+
+
+MODEL_PATH_FAULTS = {
+    "empty folder": (empty, "has no config.json; point it at a folder written by save_pretrained"),
+    "unknown model_type": (
+        edit_config(lambda c: c.update(model_type="no-such-model")),
+        "config.json: model_type 'no-such-model' is not one transformers",
+    ),
+    "truncated safetensors": (truncate_weights, "model.safetensors is not a readable safetensors file ("),
+    "written by save_pruned": (saved_by_save_pruned, "load it with rkuprune.load_pruned; re-pruning a pruned model"),
+    "nested auto_map": (
+        edit_config(lambda c: c.update(text_config={"auto_map": {"AutoConfig": "x.Y"}})),
+        "config.json: 'auto_map' asks to run the folder's own Python code",
+    ),
+    "pickle-only weights": (pickle_only, "holds only pickle weights (pytorch_model.bin), which rkuprune never loads"),
+}
+
+
+@pytest.mark.parametrize("fault", list(MODEL_PATH_FAULTS))
+def test_a_model_path_folder_that_cannot_load_is_one_line(fault, plain_folder, tmp_path, monkeypatch, capsys) -> None:
+    import shutil
+
+    damage, message = MODEL_PATH_FAULTS[fault]
+    folder = shutil.copytree(plain_folder, tmp_path / "model")
+    damage(folder)
+    args = ["model=tiny-llama", "model.source=hub", f"model.path={folder}", "logger=none", "benchmark=none"]
+    code, _, err = run_cli([*args, "scorer=magnitude", f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
+    line = one_error_line(err)
+    assert code == 2 and line.startswith("error: model.path: ") and message in line, err
+
+
+def test_a_model_path_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(b"x")
+    args = ["model=tiny-llama", "model.source=hub", f"model.path={file}", "logger=none", "benchmark=none"]
+    code, _, err = run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
+    assert code == 2 and one_error_line(err) == f"error: model.path: {file} is a file, not a model folder; point it " \
+        "at a folder with config.json"

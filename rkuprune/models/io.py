@@ -163,8 +163,8 @@ def read_json_file(file: Path) -> Any:
         return json.loads(file.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing; is this a folder written by save_pruned?") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{file}: not readable JSON ({type(exc).__name__}: {exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{file}: not readable JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def refuse_custom_code(folder: Path) -> None:
@@ -173,11 +173,26 @@ def refuse_custom_code(folder: Path) -> None:
         file = folder / name
         if file.is_file():
             data = read_json_file(file)
-            if isinstance(data, dict) and "auto_map" in data:
+            if _has_key(data, "auto_map"):
                 raise CheckpointError(
                     f"{file}: 'auto_map' asks to run the folder's own Python code, which rkuprune never does; "
                     "remove 'auto_map' if the architecture is a standard one"
                 )
+
+
+def _has_key(data: Any, key: str) -> bool:
+    """Whether ``key`` is a key of any object nested in ``data`` (a sub-config's ``auto_map`` counts too),
+    searched without recursion."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if key in item:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def checked_config(path: Path) -> dict[str, Any]:

