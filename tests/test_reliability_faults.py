@@ -151,3 +151,46 @@ def test_a_model_path_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys) 
     code, _, err = run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
     assert code == 2 and one_error_line(err) == f"error: model.path: {file} is a file, not a model folder; point it " \
         "at a folder with config.json"
+
+
+# -- load_pruned: transformers' errors named by file ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pruned_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rkuprune.models.adapters import adapter_for
+    from rkuprune.models.io import save_pruned
+    from rkuprune.models.surgery import apply_plan
+    from rkuprune.models.tokenizer import byte_tokenizer
+    from tests.conftest import random_plan, tiny
+
+    loaded = tiny("tiny-llama")
+    plan = random_plan(adapter_for(loaded.model).structures(), "q_head", seed=3)
+    apply_plan(loaded.model, plan, "slice")
+    return save_pruned(loaded.model, byte_tokenizer(), plan, tmp_path_factory.mktemp("pruned") / "model")
+
+
+LOAD_PRUNED_FAULTS = {
+    "unknown model_type": (edit_config(lambda c: c.update(model_type="no-such-model")), "config.json"),
+    "dtype nonsense": (edit_config(lambda c: c.update(dtype="float33")), "config.json"),
+    "corrupt tokenizer.json": (lambda f: (f / "tokenizer.json").write_text('{"model": '), "tokenizer.json"),
+    "tokenizer.json nested 200,000 deep": (
+        lambda f: (f / "tokenizer.json").write_text("[" * 200_000 + "]" * 200_000),
+        "tokenizer.json",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(LOAD_PRUNED_FAULTS))
+def test_load_pruned_names_the_file_transformers_cannot_read(fault, pruned_folder, tmp_path) -> None:
+    import shutil
+
+    from rkuprune import load_pruned
+    from rkuprune.errors import CheckpointError
+
+    damage, file = LOAD_PRUNED_FAULTS[fault]
+    folder = shutil.copytree(pruned_folder, tmp_path / "model")
+    damage(folder)
+    with pytest.raises(CheckpointError) as caught:
+        load_pruned(folder)
+    assert str(caught.value).startswith(f"{folder / file}: ") and "\n" not in str(caught.value)

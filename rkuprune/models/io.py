@@ -16,6 +16,8 @@ import json
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +139,11 @@ def load_pruned(
     raw = checked_config(path)
     sizes = raw[SIZES_KEY]
     plan = checked_plan(path, sizes)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    with _names(path / "config.json"):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
         _resize_layers(model, sizes)
     if plan.base_layers:
         _check_plan_ranges(path, plan, model)
@@ -153,8 +157,24 @@ def load_pruned(
     model.eval()
     tokenizer = None
     if (path / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        with _names(path / "tokenizer.json" if (path / "tokenizer.json").is_file() else path / "tokenizer_config.json"):
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     return model, tokenizer
+
+
+@contextmanager
+def _names(file: Path) -> Iterator[None]:
+    """transformers' own errors on a malformed config or tokenizer (AttributeError, ValueError, IndexError,
+    RecursionError, JSONDecodeError) name no file: raise them as a CheckpointError naming ``file``."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any error of the library reading this file
+        reason = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise CheckpointError(
+            f"{file}: transformers cannot read it ({type(exc).__name__}: {reason}); save the model again"
+        ) from None
 
 
 def read_json_file(file: Path) -> Any:
