@@ -194,3 +194,27 @@ def test_load_pruned_names_the_file_transformers_cannot_read(fault, pruned_folde
     with pytest.raises(CheckpointError) as caught:
         load_pruned(folder)
     assert str(caught.value).startswith(f"{folder / file}: ") and "\n" not in str(caught.value)
+
+
+# -- the report over one bad file ------------------------------------------------------------------
+
+
+def test_the_report_names_and_skips_each_bad_file_and_reports_the_rest(tmp_path, capsys) -> None:
+    from rkuprune.report.__main__ import main as report_main
+    from rkuprune.tracking.atomic import write_json
+    from tests.test_reliability import completed_record
+
+    runs = {name: tmp_path / name for name in ("good", "efficiency", "nested", "plan")}
+    for folder in runs.values():
+        folder.mkdir()
+        write_json(folder / "results.json", completed_record(folder))
+    write_json(runs["good"] / "pruning_plan.json", {"base_model": "m", "layers": []})
+    write_json(runs["efficiency"] / "results.json", {**completed_record(runs["efficiency"]), "efficiency": "fast"})
+    (runs["nested"] / "results.json").write_text("[" * 200_000 + "]" * 200_000)
+    (runs["plan"] / "pruning_plan.json").write_text('{"layers": [')
+    assert report_main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {runs['efficiency'] / 'results.json'}: 'efficiency' is not an object" in err
+    assert f"skipped {runs['nested'] / 'results.json'}: not readable JSON (RecursionError" in err
+    assert f"skipped {runs['plan'] / 'pruning_plan.json'}: not a readable plan (JSONDecodeError); no picture" in err
+    assert "Traceback" not in err and (tmp_path / "report" / "table.md").is_file()

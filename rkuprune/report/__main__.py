@@ -39,7 +39,12 @@ def plot_plans(collection: Collection, out: Path) -> list[Path]:
         if plan_file.is_file():
             name = slug(f"{run.model}__{run.label}__s{run.target:g}__{run.path.parent.name}")
             title = f"{run.model} {run.label} (target {run.target:g})"
-            pictures.append(plot_plan(PruningPlan.load(plan_file), out / "plans" / f"{name}.png", title))
+            try:
+                plan = PruningPlan.load(plan_file)
+            except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:  # PlanError is a ValueError
+                print(f"skipped {plan_file}: not a readable plan ({type(exc).__name__}); no picture", file=sys.stderr)
+                continue
+            pictures.append(plot_plan(plan, out / "plans" / f"{name}.png", title))
     return pictures
 
 

@@ -23,6 +23,7 @@ from rkuprune.versions import versions
 
 RESULTS_FILE = "results.json"
 METRIC_SECTIONS = ("metrics", "dense_metrics")
+OPTIONAL_SECTIONS = ("efficiency", "metrics_before_recovery", "evaluation", "calibration")  # objects when present
 
 
 class RunRecord:
@@ -100,7 +101,7 @@ def read_results(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """
     try:
         results = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         return None, f"not readable JSON ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
     if not isinstance(results, dict):
         return None, "not a JSON object"
@@ -115,6 +116,9 @@ def _problem(results: dict[str, Any]) -> str | None:
     for section in ("model", "pruning", "config", *METRIC_SECTIONS):
         if not isinstance(results.get(section), dict):
             return f"'{section}' is missing or not an object"
+    for section in OPTIONAL_SECTIONS:
+        if section in results and not isinstance(results[section], dict):
+            return f"'{section}' is not an object"
     if not isinstance(results["model"].get("name"), str):
         return "'model.name' is missing or not a string"
     if not isinstance(results["pruning"].get("scorer"), str):
