@@ -218,3 +218,18 @@ def test_the_report_names_and_skips_each_bad_file_and_reports_the_rest(tmp_path,
     assert f"skipped {runs['nested'] / 'results.json'}: not readable JSON (RecursionError" in err
     assert f"skipped {runs['plan'] / 'pruning_plan.json'}: not a readable plan (JSONDecodeError); no picture" in err
     assert "Traceback" not in err and (tmp_path / "report" / "table.md").is_file()
+
+
+def test_a_bar_or_a_newline_in_the_model_name_keeps_table_md_one_table(tmp_path) -> None:
+    from rkuprune.report.collect import collect
+    from rkuprune.report.tables import build_table, to_markdown
+    from rkuprune.tracking.atomic import write_json
+    from tests.test_reliability import completed_record
+
+    record = completed_record(tmp_path)
+    record["model"]["name"] = "a|b\nc"
+    write_json(tmp_path / "run" / "results.json", record)
+    lines = to_markdown(build_table(collect(tmp_path))).split("\n\n")[0].splitlines()
+    assert len(lines) == 4  # header, rule, the dense row and the pruned row
+    assert {line.replace(r"\|", "").count("|") for line in lines} == {lines[0].count("|")}
+    assert r"a\|b c" in lines[2]

@@ -141,13 +141,19 @@ def to_csv(table: Table) -> str:
 
 def to_markdown(table: Table) -> str:
     header = table.header()
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in table.body()]
+    lines = ["| " + " | ".join(map(_md_escape, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(_md_escape, row)) + " |" for row in table.body()]
     legend = (
         "Accuracies in %, perplexities as exp(mean NLL); (paper x) = published value; speedup/* = pruned/dense "
         "throughput measured in the run (speedup/ideal: dense/pruned weight bytes)."
     )
     return "\n".join([*lines, "", legend, *footnotes(table)]) + "\n"
+
+
+def _md_escape(text: str) -> str:
+    """A cell that cannot break the Markdown table: ``|`` escaped, line breaks as spaces (a model name
+    or label may hold either)."""
+    return " ".join(text.replace("|", r"\|").splitlines()) if text else text
 
 
 def _tex_escape(text: str) -> str:
