@@ -233,3 +233,25 @@ def test_a_bar_or_a_newline_in_the_model_name_keeps_table_md_one_table(tmp_path)
     assert len(lines) == 4  # header, rule, the dense row and the pruned row
     assert {line.replace(r"\|", "").count("|") for line in lines} == {lines[0].count("|")}
     assert r"a\|b c" in lines[2]
+
+
+# -- bad input: one line naming the field or file --------------------------------------------------
+
+
+def test_a_calibration_budget_that_cannot_fit_in_memory_is_refused_before_building(tmp_path, monkeypatch, capsys) -> None:
+    args = ["model=tiny-llama", "logger=none", "benchmark=none", "scorer=wanda_sp", "calibration=synthetic"]
+    code, _, err = run_cli([*args, "calibration.num_tokens=1000000000000", f"hydra.run.dir={tmp_path}"], monkeypatch, capsys)
+    line = one_error_line(err)
+    assert code == 2 and line.startswith("error: calibration.num_tokens: 1000000000000 tokens need about "), err
+    assert "more than this machine's" in line and not (tmp_path / "results.json").exists()
+
+
+def test_a_data_file_that_is_not_utf8_is_named_with_its_line(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "data" / "gsm8k").mkdir(parents=True)
+    good = json.dumps({"question": "1+1?", "answer": "#### 2"})
+    (tmp_path / "data" / "gsm8k" / "train.jsonl").write_bytes(f"{good}\n{good}\n".encode() + b'{"question": "\xff"}\n')
+    args = ["model=tiny-llama", "logger=none", "benchmark=none", "scorer=wanda_sp", "calibration=gsm8k_gold"]
+    args += [f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    file = tmp_path / "data" / "gsm8k" / "train.jsonl"
+    assert code == 2 and one_error_line(err).startswith(f"error: {file}:3: not UTF-8 text (byte 0xff"), err

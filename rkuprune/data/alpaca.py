@@ -69,7 +69,7 @@ def alpaca_rows(data: DataConfig) -> list[dict[str, str]]:
 
         return list(load_dataset(HUB_ID, split="train"))
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        rows = json.loads(sources.read_utf8(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
     if not isinstance(rows, list):

@@ -8,6 +8,7 @@ evaluation split.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections.abc import Iterator
@@ -110,6 +111,7 @@ class CalibrationSource:
             )
         if self.cfg.batch_size < 1:
             raise ConfigError("calibration.batch_size", "must be at least 1")
+        check_build_memory(self.cfg.num_tokens)
 
     def check_model(self, context: int | None) -> None:
         """Fail when rows of ``seqlen`` tokens cannot fit the model's context (before loading, where known)."""
@@ -140,6 +142,23 @@ class CalibrationSource:
 
 
 CALIBRATION_SOURCES: Registry[CalibrationSource] = Registry("calibration")
+BUILD_BYTES_PER_TOKEN = 50  # peak memory while building, measured (tracemalloc) on synthetic, 2e5 tokens
+
+
+def check_build_memory(num_tokens: int) -> None:
+    """Refuse a token budget whose calibration set cannot fit in this machine's memory: building it would
+    grow memory for minutes towards an out-of-memory kill (``calibration.num_tokens=1e9``: ~50 GB)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: nothing to compare with
+        return
+    needed = num_tokens * BUILD_BYTES_PER_TOKEN
+    if needed > memory:
+        raise ConfigError(
+            "calibration.num_tokens",
+            f"{num_tokens} tokens need about {needed / 2**30:.0f} GiB to build ({BUILD_BYTES_PER_TOKEN} bytes a "
+            f"token), more than this machine's {memory / 2**30:.0f} GiB of memory; lower it (the presets use 16384 to 262144)",
+        )
 
 
 class TextWindows(CalibrationSource):

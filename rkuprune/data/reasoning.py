@@ -45,7 +45,7 @@ class Question:
 def numbered_json_array(path: Path) -> list[tuple[int, Any]]:
     """(line number where the element starts, element) for a file holding one JSON array; json.load
     alone cannot say which line a malformed element is on."""
-    text = path.read_text(encoding="utf-8")
+    text = sources.read_utf8(path)
     decoder = json.JSONDecoder()
     counted = [0, 1]  # (position, line there): lines are counted forward once, not from the start each time
 

@@ -7,6 +7,7 @@ Every corpus has named splits; evaluation reads ``test``/``validation`` splits a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -69,10 +70,24 @@ def require_available(data: DataConfig, dataset: str, split: str, field: str) ->
         )
 
 
+def read_utf8(path: Path) -> str:
+    """A data file's text with universal newlines (as ``read_text``); bytes that are not UTF-8 are a
+    DataError naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save the file as UTF-8"
+        ) from None
+
+
 def numbered_json_lines(path: Path) -> list[tuple[int, Any]]:
     """(line number, value) for each non-blank line of a JSON Lines file, so errors can name the line."""
     rows = []
-    with path.open(encoding="utf-8") as handle:
+    with io.StringIO(read_utf8(path)) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -109,7 +124,7 @@ def wikitext2_text(data: DataConfig, split: str) -> str:
     """WikiText-2 raw rows joined with blank lines (the GPTQ/SparseGPT/Wanda protocol)."""
     path = local_path(data, "wikitext2", split)
     if path is not None:
-        rows = ["" if not line.strip() else line + "\n" for line in path.read_text(encoding="utf-8").split("\n")]
+        rows = ["" if not line.strip() else line + "\n" for line in read_utf8(path).split("\n")]
     else:
         from datasets import load_dataset
 
