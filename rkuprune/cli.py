@@ -23,7 +23,7 @@ from typing import IO
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -170,6 +170,16 @@ def one_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def override_problem(exc: OverrideParseException) -> str:
+    """A command-line override Hydra cannot parse, in one line; a word without ``=`` is most often the
+    rest of a value with unquoted spaces (``model.name=my model``)."""
+    if "=" not in exc.override:
+        return (
+            f"override '{exc.override}' is not KEY=VALUE; a value with spaces must be quoted: 'model.name=\"my model\"'"
+        )
+    return f"override '{exc.override}': {' '.join(str(exc.message).split())}"
+
+
 def main() -> None:
     # Let exceptions reach us instead of Hydra's multi-line report, so config errors fit one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -178,6 +188,16 @@ def main() -> None:
         app()
     except (RkupruneError, ConfigCompositionException, OmegaConfBaseException) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except OverrideParseException as exc:
+        print(f"error: {override_problem(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except PermissionError as exc:  # Hydra writes .hydra/ into the run folder before the app starts
+        print(
+            f"error: hydra.run.dir: cannot write {exc.filename or 'into the run folder'} ({exc.strerror}); "
+            "choose a writable folder",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except FileExistsError as exc:  # Hydra creates the run folder before the app starts
         print(f"error: hydra.run.dir: {exc.filename} is a file, not a folder; choose another path", file=sys.stderr)

@@ -72,7 +72,9 @@ def test_a_corrupt_converted_gguf_cache_is_named_and_converted_again(damage, nam
     take_warnings()
     assert loading.converted_gguf_folder(loading.ModelConfig()) == target
     (warning,) = take_warnings()
-    assert warning.startswith(f"GGUF cache {target}: {target}/{named}") and warning.endswith("converting the GGUF again")
+    assert warning.startswith(f"GGUF cache {target}: {target}/{named}") and warning.endswith(
+        "converting the GGUF again"
+    )
     assert loading.folder_problem(target) is None and (target / "model.safetensors").read_bytes() == good
     assert not list(target.parent.glob("*.corrupt*"))
 
@@ -149,8 +151,11 @@ def test_a_model_path_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys) 
     file.write_bytes(b"x")
     args = ["model=tiny-llama", "model.source=hub", f"model.path={file}", "logger=none", "benchmark=none"]
     code, _, err = run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
-    assert code == 2 and one_error_line(err) == f"error: model.path: {file} is a file, not a model folder; point it " \
-        "at a folder with config.json"
+    assert (
+        code == 2
+        and one_error_line(err)
+        == f"error: model.path: {file} is a file, not a model folder; point it at a folder with config.json"
+    )
 
 
 # -- load_pruned: transformers' errors named by file ------------------------------------------------
@@ -238,9 +243,13 @@ def test_a_bar_or_a_newline_in_the_model_name_keeps_table_md_one_table(tmp_path)
 # -- bad input: one line naming the field or file --------------------------------------------------
 
 
-def test_a_calibration_budget_that_cannot_fit_in_memory_is_refused_before_building(tmp_path, monkeypatch, capsys) -> None:
+def test_a_calibration_budget_that_cannot_fit_in_memory_is_refused_before_building(
+    tmp_path, monkeypatch, capsys
+) -> None:
     args = ["model=tiny-llama", "logger=none", "benchmark=none", "scorer=wanda_sp", "calibration=synthetic"]
-    code, _, err = run_cli([*args, "calibration.num_tokens=1000000000000", f"hydra.run.dir={tmp_path}"], monkeypatch, capsys)
+    code, _, err = run_cli(
+        [*args, "calibration.num_tokens=1000000000000", f"hydra.run.dir={tmp_path}"], monkeypatch, capsys
+    )
     line = one_error_line(err)
     assert code == 2 and line.startswith("error: calibration.num_tokens: 1000000000000 tokens need about "), err
     assert "more than this machine's" in line and not (tmp_path / "results.json").exists()
@@ -255,3 +264,41 @@ def test_a_data_file_that_is_not_utf8_is_named_with_its_line(tmp_path, monkeypat
     code, _, err = run_cli(args, monkeypatch, capsys)
     file = tmp_path / "data" / "gsm8k" / "train.jsonl"
     assert code == 2 and one_error_line(err).startswith(f"error: {file}:3: not UTF-8 text (byte 0xff"), err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model.arch.num_hidden_layers=0"], "model.arch.num_hidden_layers: must be a positive integer, got 0"),
+        (
+            ["model.arch.num_key_value_heads=3"],
+            "model.arch.num_key_value_heads: 3 does not divide num_attention_heads 8",
+        ),
+        (["model.device=tpu"], "model.device: 'tpu' is not a device torch knows; use cpu, cuda or cuda:N"),
+        (["model.name=my", "model"], "override 'model' is not KEY=VALUE; a value with spaces must be quoted"),
+    ],
+    ids=["0 layers", "KV heads do not divide heads", "device tpu", "unquoted spaces"],
+)
+def test_bad_model_values_and_overrides_are_one_line(args, message, tmp_path, monkeypatch, capsys) -> None:
+    base = ["model=tiny-llama", "logger=none", "benchmark=none", "scorer=magnitude"]
+    code, _, err = run_cli([*base, *args, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
+    assert code == 2 and one_error_line(err).startswith(f"error: {message}"), err
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_read_only_run_folder_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+    """As root a folder's mode does not bind, so the refusal the kernel gives others is raised here."""
+    run_dir = tmp_path / "locked" / "run"
+    real_mkdir = Path.mkdir
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        if self == run_dir or run_dir in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    base = ["model=tiny-llama", "logger=none", "benchmark=none", "scorer=magnitude"]
+    code, _, err = run_cli([*base, f"hydra.run.dir={run_dir}"], monkeypatch, capsys)
+    assert code == 2
+    assert one_error_line(err).startswith(f"error: hydra.run.dir: cannot write {run_dir}"), err
+    assert one_error_line(err).endswith("(Permission denied); choose a writable folder")

@@ -142,9 +142,13 @@ class Trajectory:
         if not isinstance(history, list) or not history:
             raise ValueError("'history' is missing or not a non-empty list")
         for i, row in enumerate(history, start=1):
-            if not isinstance(row, dict) or row.get("step") != i or not all(
-                isinstance(row.get(key), int | float) and not isinstance(row.get(key), bool)
-                for key in ("measured_sparsity", "target")
+            if (
+                not isinstance(row, dict)
+                or row.get("step") != i
+                or not all(
+                    isinstance(row.get(key), int | float) and not isinstance(row.get(key), bool)
+                    for key in ("measured_sparsity", "target")
+                )
             ):
                 raise ValueError(f"'history[{i - 1}]' must hold step {i}, its target and measured_sparsity")
         regenerations = data.get("regenerations", [])

