@@ -10,6 +10,11 @@
 # Everything (slurm.conf, munge key and socket, state, spool, logs, pids) lives under
 # ${RKUPRUNE_SLURM_DIR:-/tmp/rkuprune-slurm}; nothing under /etc is written and no system service is used.
 # A second start reuses a running cluster. Ports: ${RKUPRUNE_SLURM_PORT:-6817} (slurmctld) and the next one (slurmd).
+#
+# Known gap (issue 26, not yet closed): without slurmdbd, `sacct` says "accounting storage is disabled";
+# `sacct -c` reads jobcomp.txt but names array tasks by their own job ids (3, not 2_0), so submitit's
+# watcher, which calls plain `sacct -j <array id>`, cannot see a job that died without a result pickle
+# (scancel, time-limit kill) and would wait forever. Next step: slurmdbd + mariadb under $DIR, or a tested shim.
 set -euo pipefail
 
 DIR=${RKUPRUNE_SLURM_DIR:-/tmp/rkuprune-slurm}
@@ -205,7 +210,3 @@ case "${1:-}" in
         exit 2
         ;;
 esac
-# Known gap (issue 26, not yet closed): without slurmdbd, `sacct` says "accounting storage is disabled";
-# `sacct -c` reads jobcomp.txt but names array tasks by their own job ids (3, not 2_0), so submitit's
-# watcher, which calls plain `sacct -j <array id>`, cannot see a job that died without a result pickle
-# (scancel, time-limit kill) and would wait forever. Next step: slurmdbd + mariadb under $DIR, or a tested shim.

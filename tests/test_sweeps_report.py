@@ -138,11 +138,15 @@ def test_report_over_several_models_makes_rows_and_plots_per_model(sweep: Path, 
     ]
 
 
-def test_slurm_launcher_config_composes() -> None:
+def test_slurm_launcher_configs_compose() -> None:
+    """Both SLURM launchers compose: the GPU cluster one and the one-node CPU cluster of scripts/slurm_local.sh."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
-    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
-    assert cfg.hydra.launcher.gpus_per_node == 1
+        gpu = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        local = compose(config_name="config", overrides=["hydra/launcher=slurm_local"], return_hydra_config=True)
+    assert gpu.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert gpu.hydra.launcher.gpus_per_node == 1
+    assert local.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert local.hydra.launcher.partition == "cpu" and local.hydra.launcher.gpus_per_node is None
 
 
 def test_job_folder_names_fit_a_file_name_and_stay_stable() -> None:
