@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rkuprune.models.plan import PruningPlan
+from rkuprune.report import compare
 from rkuprune.report.collect import Collection, collect
 from rkuprune.report.plan_picture import plot_plan
 from rkuprune.report.plots import plot_all, slug
@@ -54,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: FOLDER/report)")
     parser.add_argument("--wandb", action="store_true", help="also log one W&B summary run with the table and plots")
     parser.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="A,B",
+        help="paired per-seed comparison of two methods (repeatable): comparisons.md and compare_A_vs_B.csv",
+    )
     args = parser.parse_args(argv)
     out = args.out or args.folder / "report"
     collection = collect(args.folder)
@@ -68,12 +76,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {run.path}: {', '.join(odd)} not finite (shown as nan or inf, left out of plots)")
     if len(collection.models) > 1:
         print(f"note: {len(collection.models)} models ({', '.join(collection.models)}): rows and plots per model")
+    try:
+        comparisons = [compare.parse_compare(value, collection) for value in args.compare]
+    except compare.CompareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     table = build_table(collection)
     table_csv = to_csv(table)
     write_text(out / "table.csv", table_csv)
     write_text(out / "table.md", to_markdown(table))
     write_text(out / "table.tex", to_latex(table))
     write_text(out / "by_metric.md", by_metric(collection))
+    if comparisons:
+        sections = []
+        for first, second in comparisons:
+            found = compare.pairs(collection, first, second)
+            sections.append(compare.to_markdown(first, second, found))
+            write_text(out / f"compare_{slug(first)}_vs_{slug(second)}.csv", compare.to_csv(first, second, found))
+        write_text(out / "comparisons.md", "\n".join(sections))
     plots = plot_all(collection, out)
     plans = plot_plans(collection, out)
     if args.wandb:

@@ -17,6 +17,8 @@ IGNORED_KEYS = {"sweep_name", "tags", "save_model", "dense_cache", "pruning.spar
 IGNORED_PREFIXES = ("logger.",)
 # Fields the dense reference depends on too: labelled by their full path, and they split the dense row.
 HIDDEN_PREFIXES = ("data.", "benchmark.", "model.")
+# Fields that define the task a method is compared on (not the method): equal in both runs of a pair.
+TASK_PREFIXES = (*HIDDEN_PREFIXES, "calibration.")
 
 
 def is_seed(key: str) -> bool:
@@ -48,6 +50,8 @@ class Run:
     config: dict[str, Any]
     dense_variant: str = ""  # the hidden fields that tell this run's dense reference from others' (data.root=...)
     dense_identity: str = ""  # the hidden fields, seeds included: equal with equal dense metrics = one measurement
+    seeds: str = ""  # the seed fields that differ between the collection's runs, e.g. "seed=1, model.seed=0"
+    task_identity: str = ""  # model, data, benchmark, calibration and seed fields: equal in a paired comparison
 
     @property
     def label(self) -> str:
@@ -135,6 +139,7 @@ def collect(folder: Path) -> Collection:
         raw.append((path, results))
     flats = {path: _flatten(results["config"]) for path, results in raw}
     methods = {path: scorer_preset(path) or results["pruning"]["scorer"] for path, results in raw}
+    seed_keys = sorted({k for f in flats.values() for k in f if is_seed(k) and _differs(k, list(flats.values()))})
     for path, results in raw:
         model, scorer = results["model"]["name"], results["pruning"]["scorer"]
         peers = [flats[p] for p, r in raw if r["model"]["name"] == model and methods[p] == methods[path]]
@@ -148,6 +153,7 @@ def collect(folder: Path) -> Collection:
         dense_variant = variant_label(flats[path], model_peers, hidden=True)
         variant = ", ".join(filter(None, [variant, dense_variant]))
         identity = {k: v for k, v in flats[path].items() if is_hidden(k) and not k.startswith(IGNORED_PREFIXES)}
+        task = {k: v for k, v in flats[path].items() if k.startswith(TASK_PREFIXES) or is_seed(k)}
         found.runs.append(
             Run(
                 path=path,
@@ -167,6 +173,8 @@ def collect(folder: Path) -> Collection:
                 config=results["config"],
                 dense_variant=dense_variant,
                 dense_identity=json.dumps(identity, sort_keys=True, default=str),
+                seeds=", ".join(f"{k}={flats[path].get(k)}" for k in seed_keys),
+                task_identity=json.dumps(task, sort_keys=True, default=str),
             )
         )
     return found

@@ -1,0 +1,162 @@
+"""Paired comparisons of two methods over common seeds (the RKU paper's "common-seed audit"):
+``python -m rkuprune.report DIR --compare rku,gisp``.
+
+Two runs form a pair when they share the model, the target sparsity and every model, data, benchmark,
+calibration and seed field (``Run.task_identity``), so each difference is one seed's head-to-head on the
+same calibration tokens and the same evaluation. Per cell: the per-seed differences (first minus second),
+their mean, and how many seeds favour each method (lower perplexity, higher accuracy or speedup)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+from rkuprune.report.collect import Collection, Run
+from rkuprune.report.tables import is_accuracy, mean_sd, shown
+
+HIGHER_IS_BETTER = ("acc/", "mean3", "speedup/")
+LOWER_IS_BETTER = ("ppl/",)
+
+
+def higher_is_better(metric: str) -> bool | None:
+    """The direction of ``metric``, or None for a column that is not a quality (``removed/q_heads``)."""
+    if metric.startswith(HIGHER_IS_BETTER):
+        return True
+    if metric.startswith(LOWER_IS_BETTER):
+        return False
+    return None
+
+
+class CompareError(ValueError):
+    """A ``--compare`` value that names no method of the collection."""
+
+
+@dataclass
+class Pair:
+    model: str
+    target: float
+    metric: str
+    seeds: str
+    first: float
+    second: float
+
+    @property
+    def difference(self) -> float:
+        return self.first - self.second
+
+    def favours(self) -> int:
+        """+1 when the first method did better on this seed, -1 when the second did, 0 for a tie."""
+        if self.first == self.second:
+            return 0
+        return 1 if (self.first > self.second) == higher_is_better(self.metric) else -1
+
+
+def parse_compare(value: str, collection: Collection) -> tuple[str, str]:
+    """``rku,gisp`` as two method names (a scorer preset or a row label) present in the collection."""
+    names = [part.strip() for part in value.split(",")]
+    available = sorted({r.method for r in collection.runs} | {r.label for r in collection.runs})
+    if len(names) != 2 or not all(names) or names[0] == names[1]:
+        raise CompareError(f"--compare: '{value}' must be two different methods, e.g. --compare rku,gisp")
+    for name in names:
+        if name not in available:
+            raise CompareError(f"--compare: '{name}' is not a method of these runs (available: {', '.join(available)})")
+    return names[0], names[1]
+
+
+def _runs_of(collection: Collection, name: str) -> list[Run]:
+    return [r for r in collection.runs if name in (r.method, r.label)]
+
+
+def pairs(collection: Collection, first: str, second: str) -> list[Pair]:
+    """Every (seed, metric) on which both methods ran the same task; a run without a partner is left out."""
+    partners = {(r.model, r.target, r.task_identity): r for r in _runs_of(collection, second)}
+    found = []
+    for run in _runs_of(collection, first):
+        partner = partners.get((run.model, run.target, run.task_identity))
+        if partner is None:
+            continue
+        for metric in sorted(run.metrics.keys() & partner.metrics.keys()):
+            if higher_is_better(metric) is not None:
+                found.append(
+                    Pair(run.model, run.target, metric, run.seeds, run.metrics[metric], partner.metrics[metric])
+                )
+    return sorted(found, key=lambda p: (p.model, p.target, p.metric, p.seeds))
+
+
+def _cells(found: list[Pair]) -> dict[tuple[str, float, str], list[Pair]]:
+    cells: dict[tuple[str, float, str], list[Pair]] = {}
+    for pair in found:
+        cells.setdefault((pair.model, pair.target, pair.metric), []).append(pair)
+    return cells
+
+
+def _signed(metric: str, value: float) -> str:
+    text = shown(metric, abs(value))
+    return f"-{text}" if value < 0 and text.strip("0.") else f"+{text}"
+
+
+def to_markdown(first: str, second: str, found: list[Pair]) -> str:
+    """One row per model, sparsity and metric: per-seed differences, their mean ± sd, and the seeds won."""
+    lines = [
+        f"## {first} vs {second}",
+        "",
+        f"Differences are {first} − {second} on the same seeds "
+        f"({'accuracies in points' if any(is_accuracy(p.metric) for p in found) else 'perplexities'} as in the table); "
+        "a seed favours the method with the lower perplexity or the higher accuracy.",
+        "",
+    ]
+    if not found:
+        return "\n".join([*lines, f"No run of {first} has a run of {second} on the same task and seeds.", ""])
+    header = [
+        "model",
+        "sparsity",
+        "metric",
+        "n",
+        "per-seed differences",
+        "mean ± sd",
+        f"seeds for {first}",
+        f"for {second}",
+        "ties",
+    ]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    total = [0, 0, 0]
+    for (model, target, metric), cell in _cells(found).items():
+        votes = [p.favours() for p in cell]
+        counts = [votes.count(1), votes.count(-1), votes.count(0)]
+        total = [t + c for t, c in zip(total, counts, strict=True)]
+        differences = [p.difference for p in cell]
+        mean, sd, n = mean_sd(differences)
+        spread = _signed(metric, mean) + ("" if sd is None else f" ± {shown(metric, sd)}")
+        per_seed = "; ".join(f"{p.seeds or 'run'}: {_signed(metric, p.difference)}" for p in cell)
+        lines.append(
+            f"| {model} | {target:g} | {metric} | {n} | {per_seed} | {spread} | {counts[0]} | {counts[1]} | {counts[2]} |"
+        )
+    lines += [
+        "",
+        f"Over all {sum(total)} seed-metric comparisons: {total[0]} favour {first}, {total[1]} favour {second}, {total[2]} ties.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def to_csv(first: str, second: str, found: list[Pair]) -> str:
+    """One row per seed and metric, values unrounded."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["model", "sparsity", "metric", "seeds", first, second, "difference", "favours"])
+    for pair in found:
+        favoured = {1: first, -1: second, 0: "tie"}[pair.favours()]
+        writer.writerow(
+            [
+                pair.model,
+                f"{pair.target:g}",
+                pair.metric,
+                pair.seeds,
+                pair.first,
+                pair.second,
+                pair.difference,
+                favoured,
+            ]
+        )
+    return buffer.getvalue()
