@@ -134,3 +134,16 @@ def stub_gguf_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokenizer
     made = byte_tokenizer() if tokenizer is None else tokenizer
     monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", lambda *a, **k: made)
     return gguf
+
+
+def save_random_pruned(folder: Path) -> Path:
+    """A non-uniform pruned tiny Llama (query heads, seed 3) with its plan and tokenizer, as save_pruned writes it."""
+    from rkuprune.models.adapters import adapter_for
+    from rkuprune.models.io import save_pruned
+    from rkuprune.models.surgery import apply_plan
+    from rkuprune.models.tokenizer import byte_tokenizer
+
+    loaded = tiny("tiny-llama")
+    plan = random_plan(adapter_for(loaded.model).structures(), "q_head", seed=3)
+    apply_plan(loaded.model, plan, "slice")
+    return save_pruned(loaded.model, byte_tokenizer(), plan, folder)

@@ -22,17 +22,13 @@ from rkuprune.models.io import save_pruned
 from rkuprune.models.loading import ModelConfig, check_model_config
 from rkuprune.models.plan import PruningPlan
 from rkuprune.models.surgery import apply_plan
-from rkuprune.models.tokenizer import byte_tokenizer
-from tests.conftest import random_plan, stub_gguf_package, tiny
+from tests.conftest import save_random_pruned, stub_gguf_package, tiny
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A non-uniform pruned tiny Llama with its plan and tokenizer, as save_pruned writes it."""
-    loaded = tiny("tiny-llama")
-    plan = random_plan(adapter_for(loaded.model).structures(), "q_head", seed=3)
-    apply_plan(loaded.model, plan, "slice")
-    return save_pruned(loaded.model, byte_tokenizer(), plan, tmp_path_factory.mktemp("saved") / "model")
+    return save_random_pruned(tmp_path_factory.mktemp("saved") / "model")
 
 
 def edit_json(file: str, change: Callable[[dict], object]) -> Callable[[Path], None]:

@@ -163,16 +163,9 @@ def test_a_model_path_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys) 
 
 @pytest.fixture(scope="module")
 def pruned_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rkuprune.models.adapters import adapter_for
-    from rkuprune.models.io import save_pruned
-    from rkuprune.models.surgery import apply_plan
-    from rkuprune.models.tokenizer import byte_tokenizer
-    from tests.conftest import random_plan, tiny
+    from tests.conftest import save_random_pruned
 
-    loaded = tiny("tiny-llama")
-    plan = random_plan(adapter_for(loaded.model).structures(), "q_head", seed=3)
-    apply_plan(loaded.model, plan, "slice")
-    return save_pruned(loaded.model, byte_tokenizer(), plan, tmp_path_factory.mktemp("pruned") / "model")
+    return save_random_pruned(tmp_path_factory.mktemp("pruned") / "model")
 
 
 LOAD_PRUNED_FAULTS = {
