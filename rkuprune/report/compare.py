@@ -13,9 +13,9 @@ import io
 from dataclasses import dataclass
 
 from rkuprune.report.collect import Collection, Run
-from rkuprune.report.tables import is_accuracy, mean_sd, shown
+from rkuprune.report.tables import PERCENT_PREFIXES, mean_sd, shown
 
-HIGHER_IS_BETTER = ("acc/", "mean3", "speedup/")
+HIGHER_IS_BETTER = (*PERCENT_PREFIXES, "speedup/")
 LOWER_IS_BETTER = ("ppl/",)
 
 
@@ -101,8 +101,7 @@ def to_markdown(first: str, second: str, found: list[Pair]) -> str:
     lines = [
         f"## {first} vs {second}",
         "",
-        f"Differences are {first} − {second} on the same seeds "
-        f"({'accuracies in points' if any(is_accuracy(p.metric) for p in found) else 'perplexities'} as in the table); "
+        f"Differences are {first} − {second} on the same seeds, in the table's units (accuracies in points); "
         "a seed favours the method with the lower perplexity or the higher accuracy.",
         "",
     ]
