@@ -14,7 +14,15 @@ ACC = "acc/gsm8k@rkuprune"
 
 
 def record(
-    folder: Path, scorer: str, seed: int, target: float, ppl: float, acc: float, calibration: str = "c4"
+    folder: Path,
+    scorer: str,
+    seed: int,
+    target: float,
+    ppl: float,
+    acc: float,
+    calibration: str = "c4",
+    recovery: str = "none",
+    granularity: str = "q_head",
 ) -> None:
     """A completed results.json as the pipeline writes it, reduced to what the report reads."""
     config = {
@@ -22,9 +30,10 @@ def record(
         "model": {"name": "m", "seed": 0},
         "calibration": {"name": calibration},
         "scorer": {"name": scorer},
-        "pruning": {"sparsity": target},
+        "pruning": {"sparsity": target, "granularity": granularity},
+        "recovery": {"name": recovery},
     }
-    run = folder / f"{scorer}_{seed}_{target}_{calibration}"
+    run = folder / f"{scorer}_{seed}_{target}_{calibration}_{recovery}"
     run.mkdir(parents=True)
     results = {
         "status": "completed",
@@ -79,3 +88,36 @@ def test_compare_names_an_unknown_method_in_one_line(tmp_path, capsys) -> None:
     assert err.startswith("error: --compare: 'wanda' is not a method of these runs") and "gisp" in err
     assert len(err.splitlines()) == 1
     assert report_main([str(tmp_path), "--compare", "rku"]) == 2
+
+
+def test_compare_refuses_a_method_with_two_rows_and_pairs_the_row_named(tmp_path, capsys) -> None:
+    """rku with and without recovery are two rows on the same task: ``--compare rku,gisp`` once paired both
+    with one gisp run, so each seed appeared twice in one cell (n=6 for 3 seeds). Such a name is refused,
+    naming the rows; a row's label picks one."""
+    for seed, (a, b) in enumerate([(20, 22), (21, 20), (19, 25)]):
+        record(tmp_path, "rku", seed, 0.3, a, 0.3)
+        record(tmp_path, "gisp", seed, 0.3, b, 0.3)
+        record(tmp_path, "rku", seed, 0.3, a - 10, 0.3, recovery="lora")
+    assert report_main([str(tmp_path), "--compare", "rku,gisp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: --compare: 'rku' names 2 rows run on the same task") and "rku (recovery=lora)" in err
+    assert report_main([str(tmp_path), "--compare", "rku (recovery=lora),gisp"]) == 0
+    rows = list(
+        csv.DictReader((tmp_path / "report" / "compare_rku_recovery_lora_vs_gisp.csv").read_text().splitlines())
+    )
+    ppl = [(r["seeds"], float(r["difference"])) for r in rows if r["metric"] == PPL]
+    assert ppl == [("seed=0", -12.0), ("seed=1", -9.0), ("seed=2", -16.0)]
+
+
+def test_compare_splits_labels_holding_commas(tmp_path) -> None:
+    """Labels such as ``rku (granularity=none, recovery=lora)`` hold a comma: the split is the one whose
+    halves both name rows."""
+    for seed, (a, b) in enumerate([(20, 22), (21, 20)]):
+        record(tmp_path, "rku", seed, 0.3, a, 0.3, recovery="lora", granularity="none")
+        record(tmp_path, "rku", seed, 0.3, a + 1, 0.3, granularity="none")
+        record(tmp_path, "gisp", seed, 0.3, b, 0.3, granularity="q_head")
+    value = "rku (granularity=none, recovery=lora),gisp (granularity=q_head)"
+    assert report_main([str(tmp_path), "--compare", value]) == 0
+    text = (tmp_path / "report" / "comparisons.md").read_text()
+    assert "Over all 4 seed-metric comparisons" in text

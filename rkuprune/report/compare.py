@@ -52,28 +52,61 @@ class Pair:
         return 1 if (self.first > self.second) == higher_is_better(self.metric) else -1
 
 
-def parse_compare(value: str, collection: Collection) -> tuple[str, str]:
-    """``rku,gisp`` as two method names (a scorer preset or a row label) present in the collection."""
-    names = [part.strip() for part in value.split(",")]
-    available = sorted({r.method for r in collection.runs} | {r.label for r in collection.runs})
-    if len(names) != 2 or not all(names) or names[0] == names[1]:
-        raise CompareError(f"--compare: '{value}' must be two different methods, e.g. --compare rku,gisp")
-    for name in names:
-        if name not in available:
-            raise CompareError(f"--compare: '{name}' is not a method of these runs (available: {', '.join(available)})")
-    return names[0], names[1]
-
-
 def _runs_of(collection: Collection, name: str) -> list[Run]:
-    return [r for r in collection.runs if name in (r.method, r.label)]
+    """The runs ``name`` selects: the row of that label, else every row of that method."""
+    labelled = [r for r in collection.runs if r.label == name]
+    return labelled or [r for r in collection.runs if r.method == name]
+
+
+Key = tuple[str, float, str]
+
+
+def _side(collection: Collection, name: str) -> dict[Key, Run]:
+    """``name``'s runs by model, target and task. Two rows of one method on the same task and seeds
+    (``rku`` with and without recovery) are refused: pairing both with one partner once put each seed in a
+    cell twice."""
+    side: dict[Key, Run] = {}
+    for run in _runs_of(collection, name):
+        key = (run.model, run.target, run.task_identity)
+        if key in side and side[key].label != run.label:
+            rows = sorted({r.label for r in _runs_of(collection, name)})
+            raise CompareError(
+                f"--compare: '{name}' names {len(rows)} rows run on the same task and seeds "
+                f"({'; '.join(rows)}); give one of them in full"
+            )
+        side[key] = run
+    return side
+
+
+def parse_compare(value: str, collection: Collection) -> tuple[str, str]:
+    """``rku,gisp`` as two method names (a scorer preset or a row label) present in the collection.
+
+    Labels may hold commas (``rku (granularity=none, recovery=lora)``): the split taken is the one whose
+    halves both name runs."""
+    parts = value.split(",")
+    splits = [(",".join(parts[:i]).strip(), ",".join(parts[i:]).strip()) for i in range(1, len(parts))]
+    if not splits or not all(all(halves) for halves in splits):
+        raise CompareError(f"--compare: '{value}' must be two different methods, e.g. --compare rku,gisp")
+    available = sorted({r.method for r in collection.runs} | {r.label for r in collection.runs})
+    named = [halves for halves in splits if all(h in available for h in halves)]
+    if not named:
+        missing = next(h for halves in splits for h in halves if h not in available)
+        raise CompareError(f"--compare: '{missing}' is not a method of these runs (available: {', '.join(available)})")
+    if len(named) > 1:
+        raise CompareError(f"--compare: '{value}' splits into two methods in {len(named)} ways")
+    first, second = named[0]
+    if first == second:
+        raise CompareError(f"--compare: '{value}' must be two different methods, e.g. --compare rku,gisp")
+    _side(collection, first), _side(collection, second)  # refuse an ambiguous name before anything is written
+    return first, second
 
 
 def pairs(collection: Collection, first: str, second: str) -> list[Pair]:
     """Every (seed, metric) on which both methods ran the same task; a run without a partner is left out."""
-    partners = {(r.model, r.target, r.task_identity): r for r in _runs_of(collection, second)}
+    partners = _side(collection, second)
     found = []
-    for run in _runs_of(collection, first):
-        partner = partners.get((run.model, run.target, run.task_identity))
+    for key, run in _side(collection, first).items():
+        partner = partners.get(key)
         if partner is None:
             continue
         for metric in sorted(run.metrics.keys() & partner.metrics.keys()):
