@@ -79,6 +79,7 @@ def test_compare_gives_per_seed_differences_and_seed_counts(tmp_path) -> None:
         in text
     )
     assert "Over all 6 seed-metric comparisons: 3 favour rku, 2 favour gisp, 1 ties." in text
+    assert "and seeds): rku 1, gisp 1." in text  # rku on wiki, gisp at 0.4
 
 
 def test_compare_names_an_unknown_method_in_one_line(tmp_path, capsys) -> None:

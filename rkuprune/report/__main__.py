@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         sections = []
         for first, second in comparisons:
             found = compare.pairs(collection, first, second)
-            sections.append(compare.to_markdown(first, second, found))
+            left_out = compare.unpaired(collection, first, second)
+            sections.append(compare.to_markdown(first, second, found, left_out))
             write_text(out / f"compare_{slug(first)}_vs_{slug(second)}.csv", compare.to_csv(first, second, found))
         write_text(out / "comparisons.md", "\n".join(sections))
     plots = plot_all(collection, out)

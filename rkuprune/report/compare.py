@@ -117,6 +117,13 @@ def pairs(collection: Collection, first: str, second: str) -> list[Pair]:
     return sorted(found, key=lambda p: (p.model, p.target, p.metric, p.seeds))
 
 
+def unpaired(collection: Collection, first: str, second: str) -> tuple[int, int]:
+    """How many runs of each method had no partner (another sparsity, calibration, seed...): said beside
+    the pairs, so that a comparison over fewer seeds than the sweep ran does not pass for the whole."""
+    a, b = _side(collection, first), _side(collection, second)
+    return len(a.keys() - b.keys()), len(b.keys() - a.keys())
+
+
 def _cells(found: list[Pair]) -> dict[tuple[str, float, str], list[Pair]]:
     cells: dict[tuple[str, float, str], list[Pair]] = {}
     for pair in found:
@@ -129,7 +136,7 @@ def _signed(metric: str, value: float) -> str:
     return f"-{text}" if value < 0 and text.strip("0.") else f"+{text}"
 
 
-def to_markdown(first: str, second: str, found: list[Pair]) -> str:
+def to_markdown(first: str, second: str, found: list[Pair], left_out: tuple[int, int] = (0, 0)) -> str:
     """One row per model, sparsity and metric: per-seed differences, their mean ± sd, and the seeds won."""
     lines = [
         f"## {first} vs {second}",
@@ -138,8 +145,17 @@ def to_markdown(first: str, second: str, found: list[Pair]) -> str:
         "a seed favours the method with the lower perplexity or the higher accuracy.",
         "",
     ]
+    alone = (
+        [
+            f"Runs left out (no partner on the same model, sparsity, task and seeds): {first} {left_out[0]}, "
+            f"{second} {left_out[1]}.",
+            "",
+        ]
+        if any(left_out)
+        else []
+    )
     if not found:
-        return "\n".join([*lines, f"No run of {first} has a run of {second} on the same task and seeds.", ""])
+        return "\n".join([*lines, f"No run of {first} has a run of {second} on the same task and seeds.", "", *alone])
     header = [
         "model",
         "sparsity",
@@ -168,6 +184,7 @@ def to_markdown(first: str, second: str, found: list[Pair]) -> str:
         "",
         f"Over all {sum(total)} seed-metric comparisons: {total[0]} favour {first}, {total[1]} favour {second}, {total[2]} ties.",
         "",
+        *alone,
     ]
     return "\n".join(lines)
 
