@@ -47,6 +47,10 @@ class RunConfig:
     sweep_name: str = "sweep"
     tags: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.calibration is not MISSING and self.calibration.seed is None:
+            self.calibration.seed = self.seed
+
 
 # File systems refuse names over 255 bytes; a sweep job's folder is named by its overrides.
 MAX_DIRNAME_BYTES = 200

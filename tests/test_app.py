@@ -14,8 +14,10 @@ from omegaconf import OmegaConf
 
 from rkuprune import cli, load_pruned
 from rkuprune.config import RunConfig, register_configs
+from rkuprune.data.calibration import CALIBRATION_SOURCES
 from rkuprune.errors import ConfigError
 from rkuprune.evaluation.base import build_tasks
+from rkuprune.models.tokenizer import byte_tokenizer
 from rkuprune.scoring import SCORERS
 from tests.conftest import CONF
 from tests.wandb_records import offline_summary
@@ -90,6 +92,20 @@ def scorer_run_by(option: str) -> str:
     its defaults list pulls in (``/scorer/rku``), inside another schedule or allocation."""
     found = re.search(r"^  - /scorer/(\w+)", (CONF / "scorer" / f"{option}.yaml").read_text(), re.MULTILINE)
     return found.group(1).removesuffix("_schema") if found else option
+
+
+def test_the_top_level_seed_draws_calibration_unless_calibration_seed_is_set() -> None:
+    """A sweep over ``seed`` must resample calibration (Wanda's ``--seed`` does); before, only torch
+    followed it and three "seeds" scored the same windows."""
+
+    def windows(overrides: list[str]) -> tuple[int | None, list[list[int]]]:
+        run = compose_run(["calibration=synthetic", "calibration.num_tokens=512", "calibration.seqlen=64", *overrides])
+        built = CALIBRATION_SOURCES.build(run.calibration).build(byte_tokenizer(), run.data)
+        return built.provenance["seed"], built.input_ids.tolist()
+
+    seed0, seed1, pinned = windows(["seed=0"]), windows(["seed=1"]), windows(["seed=1", "calibration.seed=0"])
+    assert (seed0[0], seed1[0], pinned[0]) == (0, 1, 0)
+    assert seed0[1] != seed1[1] and pinned[1] == seed0[1]
 
 
 def test_every_benchmark_builds_its_tasks_with_local_data(tmp_path) -> None:

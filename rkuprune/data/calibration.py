@@ -12,7 +12,7 @@ import os
 import random
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -26,13 +26,15 @@ from rkuprune.registry import Registry
 
 @dataclass
 class CalibrationConfig:
-    """``calibration`` group. ``num_tokens`` is the budget of real (non-pad) tokens."""
+    """``calibration`` group. ``num_tokens`` is the budget of real (non-pad) tokens. ``seed`` draws the
+    windows or questions; ``None`` follows the run's top-level ``seed`` (as Wanda's ``--seed``
+    draws both the calibration set and torch), so a sweep over ``seed`` resamples calibration."""
 
     name: str = "synthetic"
     num_tokens: int = 16384
     seqlen: int = 256
     batch_size: int = 8
-    seed: int = 0
+    seed: int | None = None
 
 
 def check_seqlen(cfg: CalibrationConfig) -> None:
@@ -100,7 +102,8 @@ class CalibrationSource:
     regenerates: ClassVar[bool] = False
 
     def __init__(self, cfg: CalibrationConfig) -> None:
-        self.cfg = cfg
+        # A run has set ``seed`` from its top-level one (RunConfig); a source built on its own draws with 0.
+        self.cfg = cfg if cfg.seed is not None else replace(cfg, seed=0)
 
     def check(self, data: DataConfig) -> None:
         check_seqlen(self.cfg)
